@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create .venv and install threedgen into it. Idempotent: a second run only checks.
+#   scripts/setup.sh          runtime (+ the CUDA extra when an NVIDIA GPU is present)
+#   scripts/setup.sh --test   the same plus the test tools
+# torch is installed FIRST and pinned with a constraint file, so no later package can pull a
+# multi-GB CUDA build of torch onto a CPU-only machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TORCH_VERSION="${THREEDGEN_TORCH:-2.13.0}"
+PY="${PYTHON:-python3}"
+extras="."
+[[ "${1:-}" == "--test" ]] && extras=".[test]"
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  extras="${extras%]}"; [[ "$extras" == "." ]] && extras=".[cuda]" || extras="${extras},cuda]"
+fi
+[[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+stamp=".venv/.threedgen-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)-${extras//[^a-z]/}"
+if [[ -f "$stamp" ]]; then exit 0; fi
+mkdir -p .cache
+echo "torch==${TORCH_VERSION}" > .cache/constraints.txt
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "torch==${TORCH_VERSION}"
+.venv/bin/python -m pip install -q -c .cache/constraints.txt -e "$extras"
+if .venv/bin/python -m pip show torchvision >/dev/null 2>&1; then
+  echo "error: torchvision got installed; it breaks diffusers with a CPU torch" >&2; exit 1
+fi
+touch "$stamp"

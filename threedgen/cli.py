@@ -1,0 +1,83 @@
+"""Command line: ``launch.py --config C [--train | --test | --export] [--resume auto|PATH] [--gpu IDS] key=value ...``.
+
+Heavy imports happen after argument parsing, so ``--help`` is instant and imports no
+diffusers, transformers or CUDA library. Bad input (config, resume path, output folder)
+prints one line and exits with status 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="launch.py",
+        description="threedgen: text-to-3D by score distillation. Runs a recipe (YAML) with key=value overrides.",
+        epilog="example: python launch.py --config configs/toy/sds-nerf.yaml --train system.prompt=\"a red cube\"",
+    )
+    p.add_argument("--config", required=True, help="recipe YAML, e.g. configs/toy/sds-nerf.yaml")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--train", action="store_true", help="optimise the scene (default), then test and export")
+    mode.add_argument("--test", action="store_true", help="render the orbit video of a trained run (needs --resume)")
+    mode.add_argument("--export", action="store_true", help="export meshes of a trained run (needs --resume)")
+    p.add_argument("--resume", metavar="auto|PATH", help="continue from a checkpoint; 'auto' picks the latest run of this recipe and prompt")
+    p.add_argument("--gpu", metavar="IDS", help="comma-separated CUDA device ids (default: first GPU if any, else CPU)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted paths and list indices: system.guidance.0.guidance_scale=7.5")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[threedgen] %(message)s")
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from .config import ConfigError, load_config
+
+    try:
+        overrides = list(args.overrides) + (["trainer.progress_bar=false"] if args.quiet else [])
+        cfg, raw = load_config(args.config, overrides)
+        from .systems import runner
+
+        need_ckpt = args.test or args.export
+        run_dir, ckpt = runner.resolve_run(cfg, args.resume, need_ckpt)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (ValueError, FileNotFoundError) as e:  # e.g. a prior folder or prompt rejected while validating
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    log = logging.getLogger("threedgen")
+    try:
+        if need_ckpt:
+            stages = runner.plan_stages(cfg, raw, run_dir)
+            last = stages[-1]
+            src = last.final if last.final.is_file() else ckpt
+            system = runner.load_system(last.cfg, src)
+        else:
+            log.info("run folder: %s", run_dir)
+            system = runner.train(cfg, raw, run_dir, ckpt, gpu=args.gpu)
+        if args.test or (args.train or not need_ckpt):
+            folder = runner.test_renders(system, cfg, run_dir)
+            log.info("orbit video: %s", folder / "orbit.mp4")
+        if args.export or (not need_ckpt and cfg.trainer.export_at_end):
+            for path in runner.export(system, cfg, run_dir):
+                log.info("exported: %s", path)
+    except KeyboardInterrupt as e:
+        print(f"\n{e or 'interrupted'}", file=sys.stderr)
+        return 130
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""Typed configs: YAML + ``key=value`` overrides validated against dataclasses before anything loads.
+
+Every module class carries a ``Config`` dataclass. A config names modules as mappings
+``{name: <registered name>, ...fields}``; validation looks the name up in the registry, imports
+the module (module files never import heavy libraries at top level) and checks every field.
+Errors carry the full key path, e.g.
+``system.guidance.0.guidance_scale: expected float or schedule, got 'abc'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from . import registry
+from .schedule import Schedule, ScheduleError
+
+
+class ConfigError(ValueError):
+    """A config problem, reported as one line with the key path."""
+
+
+@dataclass
+class ModuleSpec:
+    """A validated reference to a registered module: its name and its typed config."""
+
+    category: str
+    name: str
+    cfg: Any
+    weight: Optional[Schedule] = None
+
+    def build(self, *args, **kwargs):
+        return registry.get(self.category, self.name)(self.cfg, *args, **kwargs)
+
+
+def module(category: str, name: str, weighted: bool = False, **fields: Any):
+    """Dataclass field holding a ``ModuleSpec`` (default: ``name`` with ``fields``)."""
+    default = {"name": name, **fields}
+    meta = {"category": category, "weighted": weighted}
+    return field(default_factory=lambda: dict(default), metadata=meta)
+
+
+def module_list(category: str, weighted: bool = True, default: list | None = None):
+    """Dataclass field holding a list of ``ModuleSpec`` (guidances, regularisers)."""
+    items = list(default or [])
+    meta = {"category": category, "weighted": weighted, "list": True}
+    return field(default_factory=lambda: [dict(i) for i in items], metadata=meta)
+
+
+# ---- validation -------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is Schedule:
+        return "float or schedule"
+    if tp is type(None):
+        return "null"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return "list"
+    if origin is dict:
+        return "mapping"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _fail(path: str, msg: str):
+    raise ConfigError(f"{path or '<root>'}: {msg}")
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if tp is Schedule:
+        try:
+            return Schedule(value)
+        except ScheduleError as e:
+            _fail(path, f"expected float or schedule, got {value!r} ({e})")
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path)
+            except ConfigError:
+                continue
+        _fail(path, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            _fail(path, f"expected one of {', '.join(repr(a) for a in allowed)}, got {value!r}{hint}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(path, f"expected bool, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            _fail(path, f"expected int, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(path, f"expected float, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(path, f"expected str, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            _fail(path, f"expected list, got {value!r}")
+        (arg,) = typing.get_args(tp) or (Any,)
+        return [_convert(v, arg, f"{path}.{i}") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            _fail(path, f"expected list, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{path}.{i}") for i, v in enumerate(value))
+        if len(value) != len(args):
+            _fail(path, f"expected a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(v, a, f"{path}.{i}") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            _fail(path, f"expected mapping, got {value!r}")
+        args = typing.get_args(tp)
+        vt = args[1] if args else Any
+        return {k: _convert(v, vt, f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    raise TypeError(f"{path}: unsupported config type {tp!r}")
+
+
+def _module_spec(value: Any, category: str, weighted: bool, path: str, default_name: Optional[str] = None) -> ModuleSpec:
+    if isinstance(value, ModuleSpec):
+        return value
+    if isinstance(value, str):
+        value = {"name": value}
+    if isinstance(value, dict) and "name" not in value and default_name:
+        value = {"name": default_name, **value}
+    if not isinstance(value, dict) or "name" not in value:
+        _fail(path, f"expected a mapping with a 'name' key naming a {category}, got {value!r}")
+    value = dict(value)
+    name = value.pop("name")
+    weight = None
+    if weighted:
+        weight = _convert(value.pop("weight", 1.0), Schedule, f"{path}.weight")
+    try:
+        cls = registry.get(category, name)
+    except registry.RegistryError as e:
+        _fail(f"{path}.name", str(e))
+    cfg_cls = getattr(cls, "Config", None)
+    if cfg_cls is None:
+        raise TypeError(f"{cls.__qualname__} has no Config dataclass")
+    return ModuleSpec(category, name, from_dict(cfg_cls, value, path), weight)
+
+
+def from_dict(cls: type, data: Any, path: str = ""):
+    """Build dataclass ``cls`` from plain data, checking every key and type."""
+    if isinstance(data, cls):
+        return data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        _fail(path, f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), fields, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(fields)}"
+        _fail(f"{path}.{key}" if path else str(key), f"unknown key{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        sub = f"{path}.{name}" if path else name
+        if name in data:
+            raw = data[name]
+        elif f.default is not dataclasses.MISSING:
+            raw = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            raw = f.default_factory()
+        else:
+            _fail(sub, "missing required key")
+        cat = f.metadata.get("category")
+        if cat and f.metadata.get("list"):
+            if not isinstance(raw, (list, tuple)):
+                _fail(sub, f"expected a list of {cat} mappings, got {raw!r}")
+            kwargs[name] = [
+                _module_spec(v, cat, f.metadata["weighted"], f"{sub}.{i}") for i, v in enumerate(raw)
+            ]
+        elif cat:
+            default_name = f.default_factory().get("name") if f.default_factory is not dataclasses.MISSING else None
+            kwargs[name] = _module_spec(raw, cat, f.metadata["weighted"], sub, default_name)
+        else:
+            kwargs[name] = _convert(raw, hints[name], sub)
+    return cls(**kwargs)
+
+
+def to_plain(obj: Any) -> Any:
+    """Inverse of ``from_dict``: plain data fit for YAML (schedules as written)."""
+    if isinstance(obj, Schedule):
+        return obj.raw
+    if isinstance(obj, ModuleSpec):
+        out = {"name": obj.name}
+        if obj.weight is not None:
+            out["weight"] = obj.weight.raw
+        out.update(to_plain(obj.cfg))
+        return out
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# ---- the run config ---------------------------------------------------------------------------
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    val_every: int = 200
+    """Render a validation grid every this many steps (0: never)."""
+    log_every: int = 10
+    ckpt_every: int = 100
+    grad_clip: Optional[float] = None
+    """Clip the total gradient norm of the scene parameters (None: off)."""
+    progress_bar: bool = True
+    test_views: int = 24
+    """Orbit frames rendered by --test (and at the end of training)."""
+    test_resolution: int = 128
+    export_at_end: bool = True
+
+
+@dataclass
+class ExportConfig:
+    formats: list[Literal["glb", "obj"]] = field(default_factory=lambda: ["glb", "obj"])
+    resolution: int = 128
+    """Marching-cubes grid resolution."""
+    threshold: Union[float, Literal["auto"]] = "auto"
+    pivot: Literal["center", "bottom"] = "center"
+
+
+@dataclass
+class StageConfig:
+    """One stage of a multi-stage recipe: its own step count and overrides of the base config."""
+
+    name: str
+    steps: int
+    system: dict = field(default_factory=dict)
+    """Overrides merged into the base ``system`` config for this stage."""
+    data: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    """Recipe name; the output folder is outputs/<name>/<prompt-slug>@<timestamp>."""
+    seed: int = 0
+    deterministic: bool = False
+    """Deterministic torch algorithms so a CPU run repeats bit for bit."""
+    output_dir: str = "outputs"
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data: Any = field(default_factory=dict)
+    system: Any = module("system", "generation")
+    stages: list[StageConfig] = field(default_factory=list)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def stage_configs(self, raw: dict) -> list[tuple[StageConfig, "RunConfig"]]:
+        """Each stage's fully validated config (base merged with the stage's overrides)."""
+        out = []
+        for i, st in enumerate(self.stages):
+            merged = _deep_merge(raw, {"system": st.system, "data": st.data, "stages": []})
+            merged["trainer"] = {**merged.get("trainer", {}), "max_steps": st.steps}
+            try:
+                out.append((st, validate(merged)))
+            except ConfigError as e:
+                raise ConfigError(f"stages.{i} ({st.name}): {e}") from None
+        return out
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and "name" not in v:
+            out[k] = _deep_merge(out[k], v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict) and v.get("name") == out[k].get("name"):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def validate(raw: dict) -> RunConfig:
+    from .data.cameras import CameraConfig
+
+    cfg = from_dict(RunConfig, raw)
+    cfg.data = from_dict(CameraConfig, raw.get("data", {}), "data")
+    cfg.stage_configs(raw)  # validate every stage up front
+    return cfg
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``a.b.0.c=value`` strings -> a nested mapping; values are parsed as YAML."""
+    import yaml
+
+    root: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, _, text = item.partition("=")
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+        except yaml.YAMLError:
+            value = text
+        parts = key.strip().replace("[", ".").replace("]", "").split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key segment")
+        node: Any = root
+        for p, nxt in zip(parts, parts[1:] + [None]):
+            if nxt is None:
+                node[p] = value
+            else:
+                node = node.setdefault(p, {})
+    return root
+
+
+def _apply_override(base: Any, over: Any, path: str) -> Any:
+    """Merge ``over`` into ``base``; numeric keys index into lists."""
+    if not isinstance(over, dict):
+        return over
+    if isinstance(base, list):
+        base = list(base)
+        for k, v in over.items():
+            if not str(k).isdigit() or int(k) >= len(base):
+                raise ConfigError(f"{path}.{k}: list index out of range (the list has {len(base)} items)")
+            base[int(k)] = _apply_override(base[int(k)], v, f"{path}.{k}")
+        return base
+    base = dict(base) if isinstance(base, dict) else {}
+    for k, v in over.items():
+        base[k] = _apply_override(base.get(k), v, f"{path}.{k}" if path else k)
+    return base
+
+
+def load_raw(path: str | Path, overrides: list[str] | None = None) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist; pass --config with a YAML recipe, e.g. configs/toy/sds-nerf.yaml")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping")
+    raw.setdefault("name", p.stem)
+    return _apply_override(raw, parse_overrides(overrides or []), "")
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, dict]:
+    """Load, override and validate a recipe. Returns the typed config and the raw merged mapping."""
+    raw = load_raw(path, overrides)
+    return validate(raw), raw

@@ -1,0 +1,63 @@
+"""The guidance interface, its input type and the one gradient-injection helper every objective uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..data.cameras import CameraBatch
+
+
+@dataclass
+class GuidanceInput:
+    rgb: torch.Tensor  # [B,3,H,W] in [0,1]
+    cameras: CameraBatch
+    alpha: Optional[torch.Tensor] = None  # [B,1,H,W]
+    depth: Optional[torch.Tensor] = None  # [B,1,H,W]
+    normal: Optional[torch.Tensor] = None  # [B,3,H,W]
+
+
+class Guidance(nn.Module):
+    """A score-distillation (or other) objective. Subclasses define ``Config`` and take it first.
+
+    ``forward`` returns ``{"loss_<name>": scalar, ...detached stats}``; the system weights every
+    ``loss_*`` key with the schedule the config gives this guidance.
+    """
+
+    prior = None  # the shared DiffusionPrior this guidance uses (not a registered submodule), or None
+
+    def forward(self, inp: GuidanceInput, prompts, step: int) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def update_step(self, epoch: int, step: int) -> None:
+        """Re-evaluate scheduled hyper-parameters; called once per step before ``forward``."""
+
+    def param_groups(self) -> list[dict]:
+        """Trainable parameters of the objective itself (VSD's LoRA); empty for most objectives."""
+        return []
+
+    def evaluate(self, inp: GuidanceInput, prompts, step: int) -> dict[str, torch.Tensor]:
+        """Optional debug images ([B,3,H,W] in [0,1]) such as the noisy input and one-step denoised estimate."""
+        return {}
+
+
+def surrogate(z: torch.Tensor, grad: torch.Tensor, clip: Optional[float] = None) -> tuple[torch.Tensor, dict]:
+    """Loss whose gradient w.r.t. ``z`` is exactly ``grad / B``.
+
+    ``grad`` is detached; NaN/Inf entries are zeroed (and counted), then it is clipped elementwise
+    to ``±clip`` if given. The loss value (0.5‖g‖²/B) is not a quality metric. Returns
+    ``(loss, stats)`` with ``grad_norm`` and ``nonfinite`` counts.
+    """
+    grad = grad.detach()
+    finite = torch.isfinite(grad)
+    nonfinite = (~finite).sum()
+    grad = torch.where(finite, grad, torch.zeros_like(grad))
+    if clip is not None and clip > 0:
+        grad = grad.clamp(-clip, clip)
+    target = (z - grad).detach()
+    loss = 0.5 * ((z - target) ** 2).sum() / z.shape[0]
+    stats = {"grad_norm": grad.flatten(1).norm(dim=1).mean().detach(), "nonfinite": nonfinite.detach().float()}
+    return loss, stats

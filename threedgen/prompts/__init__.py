@@ -1,0 +1,1 @@
+"""Prompt processing: view-dependent prompts, negative prompts and the embedding cache."""

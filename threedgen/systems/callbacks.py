@@ -1,0 +1,145 @@
+"""Training side-effects: atomic checkpoints, a progress bar, metrics.csv and validation grids."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from ..utils.images import depth_to_image, make_grid, save_png
+
+
+def atomic_save_checkpoint(trainer: pl.Trainer, path: Path) -> None:
+    """Write to a temporary file and rename, so an interrupted save never corrupts ``last.ckpt``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    trainer.save_checkpoint(tmp)
+    os.replace(tmp, path)
+
+
+class AtomicCheckpoint(pl.Callback):
+    """``last.ckpt`` every ``every`` steps, at the end, and on Ctrl-C or any crash in a step."""
+
+    def __init__(self, path: Path, every: int, stage: str):
+        self.path, self.every, self.stage = Path(path), max(1, every), stage
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint["threedgen_stage"] = self.stage
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step % self.every == 0:
+            atomic_save_checkpoint(trainer, self.path)
+
+    def on_train_end(self, trainer, pl_module):
+        atomic_save_checkpoint(trainer, self.path)
+
+    def on_exception(self, trainer, pl_module, exception):
+        if trainer.global_step > 0:
+            atomic_save_checkpoint(trainer, self.path)
+
+
+class ProgressBar(pl.Callback):
+    """tqdm bar with step, it/s, ETA and the main losses."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        self.total, self.desc, self.enabled = total, desc, enabled
+        self.bar = None
+
+    def on_train_start(self, trainer, pl_module):
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, initial=trainer.global_step, desc=self.desc, dynamic_ncols=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.bar is None:
+            return
+        self.bar.update(trainer.global_step - self.bar.n)
+        logs = getattr(pl_module, "_step_logs", {})
+        shown = {k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if "loss" in k and "/w_" not in k}
+        self.bar.set_postfix(shown, refresh=False)
+
+    def _close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def on_train_end(self, trainer, pl_module):
+        self._close()
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._close()
+
+
+class MetricsCSV(pl.Callback):
+    """Append every logged scalar to ``metrics.csv`` (columns grow as new keys appear)."""
+
+    def __init__(self, path: Path, every: int, stage: str):
+        self.path, self.every, self.stage = Path(path), max(1, every), stage
+        self.rows: list[dict] = []
+        self.t0 = time.perf_counter()
+        if self.path.is_file():
+            with open(self.path, newline="") as f:
+                self.rows = list(csv.DictReader(f))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step % self.every and step != trainer.max_steps:
+            return
+        row = {"stage": self.stage, "step": step, "time_s": round(time.perf_counter() - self.t0, 3)}
+        row.update({k: f"{v:.6g}" for k, v in getattr(pl_module, "_step_logs", {}).items()})
+        self.rows.append(row)
+        self.flush()
+
+    def flush(self):
+        keys: list[str] = []
+        for r in self.rows:
+            keys += [k for k in r if k not in keys]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+
+def save_view_grid(system, path: Path, cameras, extra_rows: bool = True) -> None:
+    """rgb / alpha / depth (/ normal) rows of renders of ``cameras``, as one PNG."""
+    outs = system.render_views(cameras)
+    rgb = torch.cat([o.rgb for o in outs]).cpu()
+    alpha = torch.cat([o.alpha for o in outs]).cpu()
+    depth = torch.cat([o.depth for o in outs]).cpu()
+    rows = [list(rgb)]
+    if extra_rows:
+        rows.append(list(alpha))
+        rows.append([depth_to_image(d, a) for d, a in zip(depth, alpha)])
+        if outs[0].normal is not None:
+            normal = torch.cat([o.normal for o in outs]).cpu()
+            rows.append([(n * 0.5 + 0.5) * a + (1 - a) for n, a in zip(normal, alpha)])
+    save_png(path, make_grid(rows))
+
+
+class ValidationGrid(pl.Callback):
+    """A PNG grid of fixed orbit views every ``every`` steps (and at the end)."""
+
+    def __init__(self, folder: Path, every: int):
+        self.folder, self.every = Path(folder), every
+        self.saved_step = -1
+
+    def _save(self, trainer, pl_module):
+        if trainer.global_step == self.saved_step:
+            return
+        self.saved_step = trainer.global_step
+        save_view_grid(pl_module, self.folder / f"step{trainer.global_step:06d}.png", pl_module.validation_cameras())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.every and trainer.global_step % self.every == 0:
+            self._save(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        if self.every:
+            self._save(trainer, pl_module)

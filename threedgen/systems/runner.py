@@ -1,0 +1,256 @@
+"""Runs a validated recipe: output folder, stages, training, test renders and export.
+
+Everything that can be checked (config, resume path, output folder) is checked before the
+first file is written, so a bad command line leaves the disk as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import yaml
+
+from ..config import ConfigError, RunConfig, StageConfig, to_plain
+
+log = logging.getLogger("threedgen")
+
+
+def slugify(text: str, max_len: int = 48) -> str:
+    s = re.sub(r"[^a-zA-Z0-9]+", "_", text.strip().lower()).strip("_")
+    return (s[:max_len] or "untitled").rstrip("_")
+
+
+@dataclass
+class Stage:
+    name: str
+    cfg: RunConfig
+    ckpt: Path  # where this stage's last.ckpt lives
+    final: Path  # written when the stage completes
+
+
+def plan_stages(cfg: RunConfig, raw: dict, run_dir: Path) -> list[Stage]:
+    ckpts = run_dir / "ckpts"
+    if not cfg.stages:
+        return [Stage("main", cfg, ckpts / "last.ckpt", ckpts / "last.ckpt")]
+    return [Stage(st.name, sub, ckpts / "last.ckpt", ckpts / f"{st.name}.ckpt") for st, sub in cfg.stage_configs(raw)]
+
+
+def _writable_root(path: Path) -> None:
+    """Fail (creating nothing) unless ``path`` exists writable or could be created."""
+    p = path.resolve()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir() or not os.access(p, os.W_OK):
+        raise ConfigError(f"output folder {str(path)!r} is not writable ({p} is not a writable folder); set output_dir=<a writable path>")
+
+
+def check_checkpoint(path: Path) -> dict:
+    """Load a checkpoint's metadata or fail with a one-line reason."""
+    if not path.is_file():
+        raise ConfigError(f"--resume {str(path)!r} does not exist; pass a last.ckpt from outputs/<recipe>/<run>/ckpts/ or --resume auto")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any failure means "not a checkpoint"
+        raise ConfigError(f"--resume {str(path)!r} is not a threedgen checkpoint ({type(e).__name__}); pass a last.ckpt written by a run") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
+        raise ConfigError(f"--resume {str(path)!r} is not a threedgen checkpoint (no state_dict/global_step)")
+    return ckpt
+
+
+def find_latest_run(cfg: RunConfig) -> Optional[Path]:
+    base = Path(cfg.output_dir) / cfg.name
+    slug = slugify(cfg.system.cfg.prompt or cfg.name)
+    runs = sorted(p for p in base.glob(f"{slug}@*") if (p / "ckpts" / "last.ckpt").is_file())
+    return runs[-1] if runs else None
+
+
+def new_run_dir(cfg: RunConfig) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.output_dir) / cfg.name / f"{slugify(cfg.system.cfg.prompt or cfg.name)}@{stamp}"
+    run_dir, i = base, 1
+    while run_dir.exists():
+        run_dir, i = base.with_name(f"{base.name}-{i}"), i + 1
+    return run_dir
+
+
+def resolve_run(cfg: RunConfig, resume: Optional[str], need_ckpt: bool) -> tuple[Path, Optional[Path]]:
+    """(run folder, checkpoint to resume from or None). Creates nothing."""
+    if resume == "auto":
+        run = find_latest_run(cfg)
+        if run is None:
+            if need_ckpt:
+                raise ConfigError(f"--resume auto found no run of {cfg.name!r} with a checkpoint under {cfg.output_dir}/{cfg.name}/")
+            return new_run_dir(cfg), None
+        ckpt = run / "ckpts" / "last.ckpt"
+        check_checkpoint(ckpt)
+        return run, ckpt
+    if resume:
+        ckpt = Path(resume)
+        check_checkpoint(ckpt)
+        run = ckpt.parent.parent if ckpt.parent.name == "ckpts" else ckpt.parent
+        return run, ckpt
+    if need_ckpt:
+        raise ConfigError("--test/--export need a trained run: add --resume auto or --resume PATH/TO/last.ckpt")
+    _writable_root(Path(cfg.output_dir))
+    return new_run_dir(cfg), None
+
+
+def build_system(stage_cfg: RunConfig):
+    from .generation import GenerationSystem, seed_everything
+
+    seed_everything(stage_cfg.seed, stage_cfg.deterministic)
+    if stage_cfg.system.name != "generation":
+        return stage_cfg.system.build(stage_cfg.data, stage_cfg.seed)
+    return GenerationSystem(stage_cfg.system.cfg, stage_cfg.data, stage_cfg.seed)
+
+
+def _accelerator(gpu: Optional[str]) -> tuple[str, object]:
+    if gpu and torch.cuda.is_available():
+        return "gpu", [int(i) for i in gpu.split(",") if i.strip()]
+    if gpu is None and torch.cuda.is_available():
+        return "gpu", 1
+    return "cpu", 1
+
+
+def _stage_state(ckpt_path: Optional[Path]) -> tuple[Optional[str], int]:
+    if ckpt_path is None or not ckpt_path.is_file():
+        return None, 0
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    return ck.get("threedgen_stage"), int(ck.get("global_step", 0))
+
+
+def train(cfg: RunConfig, raw: dict, run_dir: Path, resume_ckpt: Optional[Path], gpu: Optional[str] = None):
+    """Run every stage in order; returns the final system. Resumes the interrupted stage."""
+    import lightning.pytorch as pl
+
+    _quiet_lightning()
+    from .callbacks import AtomicCheckpoint, MetricsCSV, ProgressBar, ValidationGrid
+
+    stages = plan_stages(cfg, raw, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False))
+    resume_stage, _ = _stage_state(resume_ckpt)
+    accelerator, devices = _accelerator(gpu)
+    system = prev = None
+    for i, stage in enumerate(stages):
+        if stage.final.is_file() and resume_ckpt is not None and stage.name != resume_stage:
+            log.info("stage %s already complete; skipping", stage.name)
+            prev = stage
+            continue
+        system = build_system(stage.cfg)
+        ckpt_path = None
+        if resume_ckpt is not None and stage.name == resume_stage:
+            ckpt_path = str(resume_ckpt)
+        elif prev is not None:
+            _init_from_previous(system, prev)
+        callbacks = [
+            AtomicCheckpoint(stage.ckpt, stage.cfg.trainer.ckpt_every, stage.name),
+            MetricsCSV(run_dir / "metrics.csv", stage.cfg.trainer.log_every, stage.name),
+            ValidationGrid(run_dir / "renders" / "val" / stage.name, stage.cfg.trainer.val_every),
+            ProgressBar(stage.cfg.trainer.max_steps, f"{cfg.name}:{stage.name}", stage.cfg.trainer.progress_bar),
+        ]
+        trainer = pl.Trainer(
+            max_steps=stage.cfg.trainer.max_steps,
+            accelerator=accelerator,
+            devices=devices,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            gradient_clip_val=stage.cfg.trainer.grad_clip,
+            deterministic=stage.cfg.deterministic,
+            default_root_dir=str(run_dir),
+            callbacks=callbacks,
+        )
+        try:
+            trainer.fit(system, train_dataloaders=_step_loader(), ckpt_path=ckpt_path)
+        except SystemExit as e:  # Lightning turns Ctrl-C into SystemExit after our on_exception save
+            raise KeyboardInterrupt(f"interrupted; resume with --resume {stage.ckpt}") from e
+        from .callbacks import atomic_save_checkpoint
+
+        if stage.final != stage.ckpt:
+            atomic_save_checkpoint(trainer, stage.final)
+        prev = stage
+    if system is None:  # every stage was already complete
+        system = load_system(stages[-1].cfg, stages[-1].final)
+    return system
+
+
+def _quiet_lightning() -> None:
+    """Lightning's banner lines (GPU/TPU available, tips) are noise in a one-scene run."""
+    import warnings
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*treespec.*")
+    warnings.filterwarnings("ignore", message=".*weights_only.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def _init_from_previous(system, prev: Stage) -> None:
+    """Start a stage from the previous stage's result (converted if the representation differs)."""
+    prev_system = load_system(prev.cfg, prev.final)
+    rep, src = system.representation, prev_system.representation
+    convert = getattr(rep, "convert_from", None)
+    if convert is not None:
+        convert(src)
+    elif type(rep) is type(src):
+        rep.load_state_dict(src.state_dict())
+    else:
+        raise ConfigError(
+            f"stage {prev.name!r} produced a {type(src).__name__} that {type(rep).__name__} cannot be initialised from"
+        )
+    if type(system.background) is type(prev_system.background):
+        system.background.load_state_dict(prev_system.background.state_dict())
+
+
+def load_system(stage_cfg: RunConfig, ckpt_path: Path):
+    system = build_system(stage_cfg)
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    system.load_state_dict(ck["state_dict"], strict=False)
+    return system
+
+
+def _step_loader():
+    """Text-to-3D has no dataset: cameras are sampled from the step. Lightning still wants a loader."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    class _Steps(IterableDataset):
+        def __iter__(self):
+            while True:
+                yield 0
+
+    return DataLoader(_Steps(), batch_size=None)
+
+
+def test_renders(system, cfg: RunConfig, run_dir: Path) -> Path:
+    """Orbit frames (PNG), an orbit video (MP4) and a contact sheet of the frames."""
+    from ..data.cameras import orbit_cameras
+    from ..utils.images import make_grid, save_png, save_video, to_uint8
+
+    system = system.to("cuda" if torch.cuda.is_available() else "cpu")
+    cams = orbit_cameras(cfg.data, cfg.trainer.test_views, cfg.trainer.test_resolution)
+    outs = system.render_views(cams)
+    rgb = torch.cat([o.rgb for o in outs]).cpu()
+    folder = run_dir / "renders" / "test"
+    frames = [to_uint8(im) for im in rgb]
+    for i, f in enumerate(frames):
+        save_png(folder / f"frame{i:03d}.png", f)
+    save_video(folder / "orbit.mp4", frames)
+    save_png(folder / "orbit.png", make_grid([list(rgb[: len(rgb) // 2]), list(rgb[len(rgb) // 2 :])]))
+    return folder
+
+
+def export(system, cfg: RunConfig, run_dir: Path) -> list[Path]:
+    from ..export.mesh import export_mesh
+
+    return export_mesh(system.representation, cfg.export, run_dir / "export")
