@@ -1,0 +1,161 @@
+"""``PromptProcessor``: prompt -> ``PromptBundle`` of text embeddings, cached on disk.
+
+The embeddings of the prompt, the negative prompt, the empty prompt and the four view prompts
+are computed once with the prior's text encoder, written to ``cache_dir`` (safetensors, atomic
+write) under a hash of the text encoder's identity and every prompt string, and the text encoder
+is freed. A later run with the same prompts and model reads the file and never loads the text
+encoder (which matters for DeepFloyd IF, whose T5-XXL is ~4.7 B parameters).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .bundle import PERP_NEG_F_FS, PERP_NEG_F_FSB, PERP_NEG_F_SB, PERP_NEG_F_SF, PromptBundle
+from .views import VIEWS, view_prompt
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+class PromptProcessor:
+    @dataclass
+    class Config:
+        prompt: str = "a red cube"
+        negative_prompt: str = ""
+        """Replaces the empty prompt in CFG's unconditional branch (costs nothing extra)."""
+        view_dependent: bool = True
+        """Append ", front view" etc. by camera direction (threestudio's rule, ``prompts.views``)."""
+        front_threshold: float = 45.0
+        back_threshold: float = 45.0
+        overhead_threshold: float = 60.0
+        view_prefix: bool = False
+        """``"front view of <prompt>"`` instead of ``"<prompt>, front view"``."""
+        perp_neg: bool = False
+        """Perp-Neg guidance (needs ``view_dependent``); the guidance runs (2+2)B UNet evaluations."""
+        perp_neg_f_sb: tuple[float, float, float] = PERP_NEG_F_SB
+        perp_neg_f_fsb: tuple[float, float, float] = PERP_NEG_F_FSB
+        perp_neg_f_fs: tuple[float, float, float] = PERP_NEG_F_FS
+        perp_neg_f_sf: tuple[float, float, float] = PERP_NEG_F_SF
+        cache_dir: str = ".cache/threedgen/text-embeddings"
+        """Relative to the current directory; set ``THREEDGEN_EMBEDDING_CACHE`` to override."""
+        use_cache: bool = True
+
+    def __init__(self, cfg: "PromptProcessor.Config"):
+        if cfg.perp_neg and not cfg.view_dependent:
+            raise ValueError("prompt_processor.perp_neg needs prompt_processor.view_dependent: true")
+        self.cfg = cfg
+
+    @property
+    def cache_dir(self) -> Path:
+        env = os.environ.get("THREEDGEN_EMBEDDING_CACHE")
+        return Path(env) if env else Path(self.cfg.cache_dir)
+
+    def view_texts(self) -> list[str]:
+        return [view_prompt(self.cfg.prompt, v, prefix=self.cfg.view_prefix) for v in VIEWS]
+
+    def cache_key(self, prior) -> str:
+        payload = {
+            "format": CACHE_FORMAT,
+            "text_encoder": prior.text_fingerprint(),
+            "max_length": prior.max_text_length,
+            "prompt": self.cfg.prompt,
+            "negative_prompt": self.cfg.negative_prompt,
+            "view_texts": self.view_texts(),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+    def cache_path(self, prior) -> Path:
+        return self.cache_dir / f"{self.cache_key(prior)}.safetensors"
+
+    def bundle(self, prior) -> PromptBundle:
+        """Embeddings for ``prior`` (``DiffusionPrior``), from the cache when possible."""
+        cfg = self.cfg
+        tensors = self._read_cache(prior) if cfg.use_cache else None
+        if tensors is None:
+            texts = [cfg.prompt, cfg.negative_prompt, ""] + self.view_texts()
+            unique = list(dict.fromkeys(texts))
+            log.info("embedding %d prompt(s) with %s's text encoder", len(unique), prior.model_id)
+            emb = prior.encode_text(unique)
+            prior.free_text_encoder()
+            by_text = {t: emb[i : i + 1].clone() for i, t in enumerate(unique)}
+            tensors = {
+                "cond": by_text[cfg.prompt],
+                "uncond": by_text[cfg.negative_prompt],
+                "null": by_text[""],
+                "cond_vd": torch.cat([by_text[t] for t in self.view_texts()], dim=0),
+            }
+            if cfg.use_cache:
+                self._write_cache(prior, tensors)
+        uncond = tensors["uncond"]
+        null = uncond if cfg.negative_prompt == "" else tensors["null"]
+        return PromptBundle(
+            cond=tensors["cond"],
+            uncond=uncond,
+            null=null,
+            cond_vd=tensors["cond_vd"],
+            text=cfg.prompt,
+            negative_text=cfg.negative_prompt,
+            view_texts=tuple(self.view_texts()),
+            front_threshold=cfg.front_threshold,
+            back_threshold=cfg.back_threshold,
+            overhead_threshold=cfg.overhead_threshold,
+            view_dependent=cfg.view_dependent,
+            perp_neg=cfg.perp_neg,
+            perp_neg_f_sb=tuple(cfg.perp_neg_f_sb),
+            perp_neg_f_fsb=tuple(cfg.perp_neg_f_fsb),
+            perp_neg_f_fs=tuple(cfg.perp_neg_f_fs),
+            perp_neg_f_sf=tuple(cfg.perp_neg_f_sf),
+            model_id=prior.model_id,
+        )
+
+    # ---- cache -----------------------------------------------------------------------------------
+
+    def _read_cache(self, prior):
+        path = self.cache_path(prior)
+        if not path.is_file():
+            return None
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(path), device=str(prior.device))
+        except Exception as e:  # a truncated or foreign file: recompute and overwrite
+            log.warning("ignoring unreadable prompt-embedding cache %s (%s)", path, e)
+            return None
+        if not {"cond", "uncond", "null", "cond_vd"} <= set(tensors):
+            return None
+        log.info("prompt embeddings for %r read from %s", self.cfg.prompt, path)
+        return tensors
+
+    def _write_cache(self, prior, tensors) -> None:
+        from safetensors.torch import save_file
+
+        path = self.cache_path(prior)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            meta = {
+                "model": str(prior.model_id),
+                "prompt": self.cfg.prompt,
+                "negative_prompt": self.cfg.negative_prompt,
+                "view_texts": json.dumps(self.view_texts()),
+            }
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+            os.close(fd)
+            try:
+                save_file({k: v.detach().float().cpu().clone() for k, v in tensors.items()}, tmp, metadata=meta)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        except OSError as e:  # a read-only cache dir must not stop a run
+            log.warning("could not write the prompt-embedding cache %s (%s)", path, e)
+
