@@ -62,6 +62,7 @@ def _tree(path: Path) -> set:
         (["--config", "tiny.yaml", "--resume", "nope.ckpt"], "does not exist"),
         (["--config", "tiny.yaml", "--resume", "afile"], "not a threedgen checkpoint"),
         (["--config", "tiny.yaml", "--test"], "need a trained run"),
+        (["--config", "tiny.yaml", "system.guidance=[{name: sds, prior: {model: no/such/model}}]"], "no/such/model"),
     ],
 )
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, recipe, args, needle):

@@ -62,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
             src = last.final if last.final.is_file() else ckpt
             system = runner.load_system(last.cfg, src)
         else:
-            log.info("run folder: %s", run_dir)
             system = runner.train(cfg, raw, run_dir, ckpt, gpu=args.gpu)
         if args.test or (args.train or not need_ckpt):
             folder = runner.test_renders(system, cfg, run_dir)

@@ -331,7 +331,13 @@ class DiffusionPrior:
         return getattr(lib, cls_name, None) or getattr(lib, default)
 
     def _load(self, cls, subfolder: str, dtype_kw: str = "torch_dtype"):
-        return cls.from_pretrained(self.location, subfolder=subfolder, **{dtype_kw: self.dtype}, **self._load_kw)
+        try:
+            return cls.from_pretrained(self.location, subfolder=subfolder, **{dtype_kw: self.dtype}, **self._load_kw)
+        except OSError as e:  # missing weight files, wrong variant: say which model and folder
+            variant = f" (variant {self.cfg.variant!r}; set prior.variant=null for plain weights)" if self.cfg.variant else ""
+            raise PriorNotFoundError(
+                f"could not load {cls.__name__} from {self.location}/{subfolder}{variant}: {str(e).splitlines()[0]}"
+            ) from None
 
     @contextlib.contextmanager
     def _running(self, module):

@@ -134,8 +134,6 @@ def train(cfg: RunConfig, raw: dict, run_dir: Path, resume_ckpt: Optional[Path],
     from .callbacks import AtomicCheckpoint, MetricsCSV, ProgressBar, ValidationGrid
 
     stages = plan_stages(cfg, raw, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False))
     resume_stage, _ = _stage_state(resume_ckpt)
     accelerator, devices = _accelerator(gpu)
     system = prev = None
@@ -144,7 +142,11 @@ def train(cfg: RunConfig, raw: dict, run_dir: Path, resume_ckpt: Optional[Path],
             log.info("stage %s already complete; skipping", stage.name)
             prev = stage
             continue
-        system = build_system(stage.cfg)
+        system = build_system(stage.cfg)  # loads priors: a bad model path fails before anything is written
+        if not (run_dir / "config.yaml").is_file():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False))
+            log.info("run folder: %s", run_dir)
         ckpt_path = None
         if resume_ckpt is not None and stage.name == resume_stage:
             ckpt_path = str(resume_ckpt)
