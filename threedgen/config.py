@@ -283,6 +283,8 @@ class RunConfig:
     deterministic: bool = False
     """Deterministic torch algorithms so a CPU run repeats bit for bit."""
     output_dir: str = "outputs"
+    threads: Optional[int] = None
+    """CPU threads for torch (None: torch's default). Small renders run fastest on 1-2 threads."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: Any = field(default_factory=dict)
     system: Any = module("system", "generation")

@@ -27,9 +27,12 @@ class CameraConfig:
     azimuth_range: tuple[float, float] = (-180.0, 180.0)
     distance_range: tuple[float, float] = (1.5, 2.0)
     fovy_range: tuple[float, float] = (40.0, 70.0)
-    light: Literal["dreamfusion", "camera", "none"] = "dreamfusion"
-    """'dreamfusion': light near the camera direction, perturbed; 'camera': from the camera; 'none'."""
+    light: Literal["dreamfusion", "camera", "fixed", "none"] = "dreamfusion"
+    """'dreamfusion': light near the camera direction, perturbed; 'camera': from the camera;
+    'fixed': ``light_direction`` in world space for every view (e.g. a world with known lighting); 'none'."""
     light_perturb: float = 1.0
+    light_direction: tuple[float, float, float] = (0.4, 0.8, 0.6)
+    """World-space direction towards the light for ``light: fixed`` (normalised)."""
     eval_elevation: float = 15.0
     eval_distance: float = 1.75
     eval_fovy: float = 55.0
@@ -195,13 +198,21 @@ class RandomCameraSampler:
             cams.light_dir = ld / ld.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         elif cfg.light == "camera":
             cams.light_dir = cam_dir
+        elif cfg.light == "fixed":
+            cams.light_dir = fixed_light(cfg, B)
         else:
             cams.light_dir = None
         return cams
+
+
+def fixed_light(cfg: CameraConfig, n: int) -> torch.Tensor:
+    d = torch.tensor(cfg.light_direction, dtype=torch.float32)
+    return (d / d.norm()).expand(n, 3).contiguous()
 
 
 def orbit_cameras(cfg: CameraConfig, n_views: int, resolution: int, elevation: Optional[float] = None) -> CameraBatch:
     """Evenly spaced views around the object (azimuth from 0 = front), for test videos and benchmarks."""
     az = torch.arange(n_views, dtype=torch.float32) * (360.0 / n_views)
     el = cfg.eval_elevation if elevation is None else elevation
-    return make_cameras(el, az, cfg.eval_distance, cfg.eval_fovy, resolution, resolution)
+    light = fixed_light(cfg, n_views) if cfg.light == "fixed" else None
+    return make_cameras(el, az, cfg.eval_distance, cfg.eval_fovy, resolution, resolution, light_dir=light)

@@ -200,7 +200,9 @@ class GenerationSystem(pl.LightningModule):
         checkpoint["threedgen"] = {"prompt": self.cfg.prompt, "representation": self.cfg.representation.name}
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
+def seed_everything(seed: int, deterministic: bool = False, threads: Optional[int] = None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
     random.seed(seed)
     torch.manual_seed(seed)
     try:

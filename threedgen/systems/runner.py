@@ -105,7 +105,7 @@ def resolve_run(cfg: RunConfig, resume: Optional[str], need_ckpt: bool) -> tuple
 def build_system(stage_cfg: RunConfig):
     from .generation import GenerationSystem, seed_everything
 
-    seed_everything(stage_cfg.seed, stage_cfg.deterministic)
+    seed_everything(stage_cfg.seed, stage_cfg.deterministic, stage_cfg.threads)
     if stage_cfg.system.name != "generation":
         return stage_cfg.system.build(stage_cfg.data, stage_cfg.seed)
     return GenerationSystem(stage_cfg.system.cfg, stage_cfg.data, stage_cfg.seed)

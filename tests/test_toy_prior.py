@@ -1,0 +1,46 @@
+"""The shipped toy prior and classifier load offline through ``from_pretrained`` and behave."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from threedgen.toy import world as W
+
+PRIOR = Path(__file__).resolve().parents[1] / "assets" / "toy-prior"
+
+needs_prior = pytest.mark.skipif(not (PRIOR / "unet").is_dir(), reason="assets/toy-prior not trained yet")
+needs_classifier = pytest.mark.skipif(not (PRIOR / "classifier").is_dir(), reason="toy classifier not trained yet")
+
+
+@needs_prior
+def test_prior_folder_loads_offline_and_samples(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from threedgen.toy.sample import load_prior, sample
+
+    index = json.loads((PRIOR / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    prior = load_prior(PRIOR)
+    assert prior.scheduler.config.clip_sample is False and prior.scheduler.config.beta_schedule == "scaled_linear"
+    assert prior.tokenizer.tokenize("a red cube, front view") == [
+        w + "</w>" for w in ("a", "red", "cube", ",", "front", "view")
+    ]
+    x = sample(prior, ["a red cube", "a blue torus, back view"], steps=2)
+    assert x.shape == (2, 3, 32, 32) and 0 <= x.min() and x.max() <= 1
+
+
+@needs_classifier
+def test_classifier_names_fresh_renders():
+    from threedgen.toy.classifier import HEADS, classify, load_classifier, render_labelled
+
+    clf = load_classifier(PRIOR / "classifier")
+    data = render_labelled(views_per_scene=2, seed=12345)
+    pred = classify(clf, data["rgb"])
+    for k in ("shape", "colour", "marker"):
+        acc = (pred[k] == data[k]).float().mean().item()
+        assert acc >= 0.9, f"{k}: {acc:.3f}"
+    assert pred["shape_prob"].shape == (140, len(HEADS["shape"]))
+    assert torch.equal(pred["shape"], pred["shape_prob"].argmax(-1))

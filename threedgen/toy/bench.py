@@ -1,0 +1,173 @@
+"""ToyBench: run recipes on toy prompts and score them against the analytic ground truth.
+
+``python -m threedgen.toy.bench --recipes configs/toy/sds-nerf.yaml --prompts "a red cube" --seeds 0 1``
+
+Each (recipe, prompt, seed) trains in its own ``launch.py`` process (so wall time and peak
+memory are that run's own), then the final scene is rendered over a fixed orbit (8 azimuths at
+elevation 15 deg) and compared with the analytic render of the same cameras:
+
+- ``iou``: silhouette IoU (alpha > 0.5 vs the true mask). For prompts without a marker the
+  object's yaw is not defined by the prompt (a cube may come out turned), so the IoU is
+  maximised over one global yaw of the ground truth;
+- ``colour_err``: mean absolute RGB error on pixels inside both silhouettes (same yaw);
+- ``janus``: for marker prompts, the fraction of views where the classifier's "marker visible"
+  disagrees with whether the true marker is visible (0 is right, 1 is the opposite everywhere);
+- ``cls_acc``: fraction of views the toy classifier labels with the prompt's shape and colour;
+- ``wall_s`` and ``peak_rss_mb`` of the training process.
+Writes ``bench.csv``, ``bench.md`` and ``grid.png`` (rows prompts, columns recipes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..data.cameras import make_cameras
+from . import world as W
+from .render import render_scene
+
+REPO = Path(__file__).resolve().parents[2]
+ORBIT_AZIMUTHS = tuple(range(0, 360, 45))
+YAWS = tuple(range(0, 360, 10))
+EVAL_RES = 64
+
+
+def orbit(resolution: int = EVAL_RES, yaw: float = 0.0):
+    cfg = W.TOY_CAMERAS
+    az = torch.tensor(ORBIT_AZIMUTHS, dtype=torch.float32) + yaw
+    light = torch.tensor(W.LIGHT_DIR, dtype=torch.float32).expand(len(az), 3)  # the world's fixed light
+    return make_cameras(cfg.eval_elevation, az, cfg.eval_distance, cfg.eval_fovy, resolution, resolution, light_dir=light)
+
+
+def score(rgb: torch.Tensor, alpha: torch.Tensor, scene: W.ToyScene, classifier=None) -> dict:
+    """Metrics of orbit renders (``[8,3,H,W]``, ``[8,1,H,W]``, cameras from ``orbit()``)."""
+    from .classifier import HEADS, classify
+
+    pred = alpha > 0.5
+    yaws = (0.0,) if scene.marker else YAWS
+    best = None
+    for yaw in yaws:
+        # rotating the object by -yaw is the same as moving every camera by +yaw
+        gt = render_scene(scene, orbit(rgb.shape[-1], yaw))
+        m = gt["mask"] > 0.5
+        iou = float((pred & m).sum() / (pred | m).sum().clamp_min(1))
+        if best is None or iou > best[0]:
+            best = (iou, gt, m)
+    iou, gt, m = best
+    both = (pred & m).expand_as(rgb)
+    colour_err = float((rgb - gt["rgb"]).abs()[both].mean()) if both.any() else 1.0
+    out = {"iou": iou, "colour_err": colour_err, "janus": float("nan"), "cls_acc": float("nan")}
+    if classifier is not None:
+        c = classify(classifier, rgb)
+        shape_ok = c["shape"] == HEADS["shape"].index(scene.shape)
+        colour_ok = c["colour"] == HEADS["colour"].index(scene.colour)
+        out["cls_acc"] = float((shape_ok & colour_ok).float().mean())
+        if scene.marker:
+            true_visible = gt["marker"].flatten(1).sum(1) > 2.0  # > 2 pixels of the marker at 64^2
+            out["janus"] = float(((c["marker"] == 1) != true_visible).float().mean())
+    return out
+
+
+def run_one(recipe: Path, prompt: str, seed: int, out_dir: Path, overrides: list[str]) -> tuple[Path, float, float]:
+    """Train in a child process; returns (run folder, wall seconds, peak RSS in MB)."""
+    args = [
+        sys.executable, str(REPO / "launch.py"), "--config", str(recipe), "--train", "-q",
+        f"system.prompt={prompt}", f"seed={seed}", f"output_dir={out_dir}", "trainer.export_at_end=false",
+        "trainer.test_views=8", *overrides,
+    ]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{recipe.name} on {prompt!r} seed {seed} failed:\n{err[-2000:]}")
+    from ..systems.runner import slugify
+
+    name = _recipe_name(recipe)
+    runs = sorted((out_dir / name).glob(f"{slugify(prompt)}@*"))
+    return runs[-1], wall, usage.ru_maxrss / 1024
+
+
+def _recipe_name(recipe: Path) -> str:
+    import yaml
+
+    return (yaml.safe_load(recipe.read_text()) or {}).get("name", recipe.stem)
+
+
+def render_run(run: Path, recipe: Path, overrides: list[str]):
+    from ..config import load_config
+    from ..systems.runner import load_system, plan_stages
+
+    cfg, raw = load_config(recipe, overrides)
+    stage = plan_stages(cfg, raw, run)[-1]
+    system = load_system(stage.cfg, stage.final)
+    outs = system.render_views(orbit())
+    return torch.cat([o.rgb for o in outs]).cpu(), torch.cat([o.alpha for o in outs]).cpu()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--recipes", nargs="+", required=True)
+    ap.add_argument("--prompts", nargs="+", default=["a red cube", "a blue sphere", "a green cylinder", "a yellow cone", "a purple torus"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--out", default="bench-out")
+    ap.add_argument("--classifier", default=str(REPO / "assets" / "toy-prior" / "classifier"))
+    ap.add_argument("overrides", nargs="*", help="key=value overrides applied to every recipe")
+    args = ap.parse_args(argv)
+
+    from ..utils.images import make_grid, save_png
+    from .classifier import load_classifier
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scenes = {p: W.parse_prompt(p) for p in args.prompts}  # fails early on words outside the toy world
+    classifier = load_classifier(args.classifier) if Path(args.classifier).is_dir() else None
+    rows, grid = [], {}
+    for recipe in map(Path, args.recipes):
+        for prompt in args.prompts:
+            for seed in args.seeds:
+                run, wall, rss = run_one(recipe, prompt, seed, out / "runs", args.overrides)
+                rgb, alpha = render_run(run, recipe, ["system.prompt=" + prompt, *args.overrides])
+                m = score(rgb, alpha, scenes[prompt], classifier)
+                row = {"recipe": _recipe_name(recipe), "prompt": prompt, "seed": seed, **m,
+                       "wall_s": round(wall, 1), "peak_rss_mb": round(rss)}
+                rows.append(row)
+                print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+                grid.setdefault((prompt, row["recipe"]), list(rgb[::2]))
+    _write_tables(out, rows)
+    recipes = list(dict.fromkeys(r["recipe"] for r in rows))
+    save_png(out / "grid.png", make_grid([sum((grid[(p, r)] for r in recipes), []) for p in args.prompts]))
+    print(f"wrote {out / 'bench.csv'}, {out / 'bench.md'}, {out / 'grid.png'}")
+    return 0
+
+
+def _write_tables(out: Path, rows: list[dict]) -> None:
+    with open(out / "bench.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    keys = ["iou", "colour_err", "janus", "cls_acc", "wall_s", "peak_rss_mb"]
+    lines = ["| recipe | prompt | seeds | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 3)]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["recipe"], r["prompt"]), []).append(r)
+    for (recipe, prompt), rs in groups.items():
+        means = [sum(float(r[k]) for r in rs) / len(rs) for k in keys]
+        lines.append(f"| {recipe} | {prompt} | {len(rs)} | " + " | ".join(f"{v:.3f}" for v in means) + " |")
+    for recipe in dict.fromkeys(r["recipe"] for r in rows):
+        rs = [r for r in rows if r["recipe"] == recipe]
+        means = [sum(float(r[k]) for r in rs) / len(rs) for k in keys]
+        lines.append(f"| **{recipe}** | all | {len(rs)} | " + " | ".join(f"{v:.3f}" for v in means) + " |")
+    (out / "bench.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
