@@ -39,7 +39,7 @@ def _key(views_per_scene: int, resolution: int, ssaa: int, seed: int) -> str:
             res=resolution,
             ssaa=ssaa,
             seed=seed,
-            cams=repr(W.TOY_CAMERAS),
+            cams=[getattr(W.TOY_CAMERAS, k) for k in ("elevation_range", "azimuth_range", "distance_range", "fovy_range")],
             shapes=W.SHAPES,
             colours=W.COLOURS,
             light=W.LIGHT_DIR,

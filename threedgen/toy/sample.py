@@ -51,9 +51,11 @@ def sample(
     seed: int = 0,
     negative_prompt: str = "",
     batch_size: int = 64,
+    progress: bool = False,
 ) -> torch.Tensor:
     """One image per prompt, ``[B,3,H,W]`` in [0,1]. Deterministic for a given seed and prompt order."""
     from diffusers import DDIMScheduler
+    from tqdm import tqdm
 
     unet = prior.unet
     sched = DDIMScheduler.from_config(prior.scheduler.config)
@@ -63,6 +65,8 @@ def sample(
     noise = torch.randn(len(prompts), ch, res, res, generator=g)
     enc_u1 = prior.encode([negative_prompt])
     out = []
+    bar = tqdm(total=len(sched.timesteps) * len(prompts), desc="DDIM sampling", unit="img-step",
+               disable=not progress, mininterval=10.0)
     for s in range(0, len(prompts), batch_size):
         chunk = prompts[s : s + batch_size]
         enc_c = prior.encode(chunk)
@@ -73,7 +77,9 @@ def sample(
             eps_u, eps_c = eps.chunk(2)
             eps = eps_u + guidance_scale * (eps_c - eps_u)
             x = sched.step(eps, t, x, eta=0.0).prev_sample
+            bar.update(len(chunk))
         out.append(((x.clamp(-1, 1) + 1) / 2).cpu())
+    bar.close()
     return torch.cat(out)
 
 

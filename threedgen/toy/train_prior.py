@@ -132,7 +132,9 @@ def main(argv=None) -> None:
     ap.add_argument("--ckpt-minutes", type=float, default=4.0)
     ap.add_argument("--ckpt", default=None, help="training checkpoint (default <cache-dir>/train_prior/<out>/checkpoint.pt, "
                     "kept out of the shipped folder)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="1 beats 2 on a shared 2-core machine (no thread barriers)")
+    ap.add_argument("--no-interim-export", action="store_true",
+                    help="export the folder only at the end (not at each checkpoint), e.g. while others use it")
     args = ap.parse_args(argv)
 
     from tqdm import tqdm
@@ -192,7 +194,8 @@ def main(argv=None) -> None:
             ),
             ckpt_path,
         )
-        export()
+        if not args.no_interim_export:
+            export()
 
     def export():
         # copy EMA weights into fresh modules and save them in the diffusers layout
@@ -253,6 +256,8 @@ def main(argv=None) -> None:
             last_ckpt = time.time()
     bar.close()
     checkpoint()
+    if args.no_interim_export:
+        export()
     recent = losses[-200:]
     print(
         f"done: {step} steps in {elapsed / 60:.1f} min ({elapsed / max(1, step):.2f} s/step incl. resumes), "
