@@ -88,6 +88,10 @@ def test_train_writes_everything_and_test_export_resume(tmp_path, recipe):
     for key in ("train/loss_rgb", "train/w_rgb", "lr/", "grad_norm/"):
         assert key in header, header
     assert not list(run.rglob("*.tmp"))
+    import trimesh
+
+    mesh = trimesh.load(run / "export" / "model.glb", force="mesh")  # a real glTF loader reads it back
+    assert len(mesh.faces) > 0 and mesh.visual.kind == "vertex"
     ck = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ck["global_step"] == 6
     assert not any(k.startswith("guidances.0.prior") for k in ck["state_dict"])

@@ -16,11 +16,6 @@ import numpy as np
 log = logging.getLogger("threedgen")
 
 
-def linear_to_srgb(c: np.ndarray) -> np.ndarray:
-    c = np.clip(c, 0.0, 1.0)
-    return np.where(c <= 0.0031308, 12.92 * c, 1.055 * np.power(c, 1 / 2.4) - 0.055)
-
-
 def build_trimesh(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray | None, pivot: str = "center"):
     import trimesh
 
@@ -40,7 +35,10 @@ def build_trimesh(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray |
 
 
 class MeshExporter:
-    """Registered exporter: isosurface -> ``model.glb`` / ``model.obj`` in the run's ``export/``."""
+    """Registered exporter: isosurface -> ``model.glb`` / ``model.obj`` in the run's ``export/``.
+
+    Its settings are the run's ``export`` section (formats, resolution, threshold, pivot).
+    """
 
     @dataclass
     class Config:
@@ -49,8 +47,12 @@ class MeshExporter:
     def __init__(self, cfg=None):
         self.cfg = cfg
 
+    def __call__(self, representation, export_cfg, folder: Path) -> list[Path]:
+        return export_mesh(representation, export_cfg, folder)
+
 
 def export_mesh(representation, cfg, folder: Path) -> list[Path]:
+    """Write ``cfg.formats`` of the representation's isosurface into ``folder`` (atomic per file)."""
     v, f, c = representation.isosurface(resolution=cfg.resolution, threshold=cfg.threshold)
     thr = getattr(representation, "last_threshold", cfg.threshold)
     log.info("isosurface: %d vertices, %d faces (threshold %s)", len(v), len(f), thr)

@@ -253,6 +253,7 @@ def test_renders(system, cfg: RunConfig, run_dir: Path) -> Path:
 
 
 def export(system, cfg: RunConfig, run_dir: Path) -> list[Path]:
-    from ..export.mesh import export_mesh
+    from .. import registry
 
-    return export_mesh(system.representation, cfg.export, run_dir / "export")
+    exporter = registry.get("exporter", "mesh")()
+    return exporter(system.representation, cfg.export, run_dir / "export")

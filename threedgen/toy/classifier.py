@@ -89,11 +89,36 @@ def _cached(cache_dir, views_per_scene: int, seed: int) -> dict:
 
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    B = x.shape[0]
+    """Mimic what diffusion samples get wrong: tinted background, pixel noise, coloured speckles, soft or
+    wobbly edges, colour drift. Without this the classifier calls most imperfect samples "cube"."""
+    B, C, H, Wd = x.shape
+    # tinted, blotchy background instead of pure white (samples' backgrounds drift to ~0.85-0.95)
+    bg = (x.min(dim=1, keepdim=True).values > 0.99).float()
+    tint = 1 - 0.2 * torch.rand(B, 1, 1, 1, generator=g) * torch.rand(B, 3, 1, 1, generator=g)
+    blotch = F.interpolate(torch.randn(B, 3, 4, 4, generator=g), size=(H, Wd), mode="bilinear", align_corners=False)
+    x = bg * (tint + 0.05 * torch.rand(B, 1, 1, 1, generator=g) * blotch) + (1 - bg) * x
     shift = torch.randint(-2, 3, (2,), generator=g).tolist()
-    x = torch.roll(x, shifts=shift, dims=(2, 3))  # the background is uniform white, so roll ~ translate
-    x = x + 0.04 * torch.rand(B, 1, 1, 1, generator=g) * torch.randn(x.shape, generator=g)
-    x = x * (1 + 0.05 * torch.randn(B, 3, 1, 1, generator=g))
+    x = torch.roll(x, shifts=shift, dims=(2, 3))
+    # low-frequency warp of up to ~1.5 px: blobby, irregular silhouettes
+    flow = F.interpolate(torch.randn(B, 2, 4, 4, generator=g), size=(H, Wd), mode="bilinear", align_corners=False)
+    flow = flow * (torch.rand(B, 1, 1, 1, generator=g) * 1.5 * 2 / H)
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, H), torch.linspace(-1, 1, Wd), indexing="ij")
+    grid = torch.stack([xs, ys], -1).expand(B, H, Wd, 2) + flow.permute(0, 2, 3, 1)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    # blur some images a little
+    blur = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    a = torch.rand(B, 1, 1, 1, generator=g) * (torch.rand(B, 1, 1, 1, generator=g) < 0.4)
+    x = (1 - a) * x + a * blur
+    # sparse coloured speckles (1-2 px) and Gaussian pixel noise
+    p = 0.05 * torch.rand(B, 1, 1, 1, generator=g)
+    spots = (torch.rand(B, 1, H, Wd, generator=g) < p).float()
+    grow = F.max_pool2d(spots, 2, stride=1, padding=1)[..., :H, :Wd]
+    spots = torch.maximum(spots, grow * (torch.rand(B, 1, 1, 1, generator=g) < 0.5))
+    colour = torch.rand(B, 3, H, Wd, generator=g)
+    alpha = 0.2 + 0.6 * torch.rand(B, 1, 1, 1, generator=g)
+    x = x + spots * alpha * (colour - x)
+    x = x + 0.1 * torch.rand(B, 1, 1, 1, generator=g) * torch.randn(x.shape, generator=g)
+    x = x * (1 + 0.05 * torch.randn(B, 3, 1, 1, generator=g)) + 0.05 * torch.randn(B, 1, 1, 1, generator=g)
     return x.clamp(0, 1)
 
 
