@@ -305,14 +305,12 @@ class RunConfig:
 
 
 def _deep_merge(a: dict, b: dict) -> dict:
+    """Merge stage overrides into the base; a mapping naming a different module replaces it whole."""
     out = dict(a)
     for k, v in b.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and "name" not in v:
-            out[k] = _deep_merge(out[k], v)
-        elif isinstance(v, dict) and isinstance(out.get(k), dict) and v.get("name") == out[k].get("name"):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
+        base = out.get(k)
+        same_module = isinstance(base, dict) and v.get("name", base.get("name")) == base.get("name") if isinstance(v, dict) else False
+        out[k] = _deep_merge(base, v) if same_module else v
     return out
 
 
