@@ -39,8 +39,9 @@ def test_classifier_names_fresh_renders():
     clf = load_classifier(PRIOR / "classifier")
     data = render_labelled(views_per_scene=2, seed=12345)
     pred = classify(clf, data["rgb"])
-    for k in ("shape", "colour", "marker"):
+    # marker visibility is ambiguous at grazing angles (label: >= 1 pixel of the dot in view)
+    for k, floor in (("shape", 0.95), ("colour", 0.95), ("marker", 0.85)):
         acc = (pred[k] == data[k]).float().mean().item()
-        assert acc >= 0.9, f"{k}: {acc:.3f}"
+        assert acc >= floor, f"{k}: {acc:.3f}"
     assert pred["shape_prob"].shape == (140, len(HEADS["shape"]))
     assert torch.equal(pred["shape"], pred["shape_prob"].argmax(-1))
