@@ -72,9 +72,11 @@ def _check_category(category: str) -> None:
 _BUILTIN = {
     "representation": {
         "nerf": "threedgen.representations.nerf:NeRF",
+        "dmtet": "threedgen.representations.dmtet:DMTet",
     },
     "renderer": {
         "volume": "threedgen.renderers.volume:VolumeRenderer",
+        "mesh": "threedgen.renderers.mesh:MeshRenderer",
     },
     "background": {
         "solid": "threedgen.renderers.background:SolidBackground",
@@ -99,6 +101,8 @@ _BUILTIN = {
         "orientation": "threedgen.representations.regularisers:Orientation",
         "opaqueness": "threedgen.representations.regularisers:Opaqueness",
         "z_variance": "threedgen.representations.regularisers:ZVariance",
+        "normal_consistency": "threedgen.representations.mesh_regularisers:NormalConsistency",
+        "laplacian_smoothness": "threedgen.representations.mesh_regularisers:LaplacianSmoothness",
     },
 }
 for _cat, _entries in _BUILTIN.items():
