@@ -164,9 +164,9 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
     flat = color.reshape(-1, C)
     delta = torch.zeros_like(flat)
     idx = torch.arange(B * H * W, device=color.device).view(B, H, W)
-    pairs = [(idx[:, :, :-1], idx[:, :, 1:]), (idx[:, :-1, :], idx[:, 1:, :])]
+    pairs = [(idx[:, :, :-1], idx[:, :, 1:], True), (idx[:, :-1, :], idx[:, 1:, :], False)]
     tflat, zflat = tid.reshape(-1), zbuf.reshape(-1)
-    for pa, pb in pairs:
+    for pa, pb, horizontal in pairs:
         pa, pb = pa.reshape(-1), pb.reshape(-1)
         ta, tb = tflat[pa], tflat[pb]
         differ = ta != tb
@@ -195,7 +195,15 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
         # exit fraction along f -> k: where the first barycentric reaches 0
         leaving = bk < 0
         frac = bf / (bf - bk).where(leaving, torch.ones_like(bk))
-        frac = torch.where(leaving, frac, torch.full_like(frac, 2.0)).amin(-1).clamp(0.0, 1.0)
+        frac, edge = torch.where(leaving, frac, torch.full_like(frac, 2.0)).min(-1)
+        frac = frac.clamp(0.0, 1.0)
+        # each edge is handled along one axis only, the one closer to its normal (as nvdiffrast
+        # does); otherwise a slanted edge would be counted by both horizontal and vertical pairs
+        i1, i2 = (edge + 1) % 3, (edge + 2) % 3
+        ex = (x.gather(1, i2[:, None]) - x.gather(1, i1[:, None])).squeeze(1).detach()
+        ey = (y.gather(1, i2[:, None]) - y.gather(1, i1[:, None])).squeeze(1).detach()
+        mine = ey.abs() >= ex.abs() if horizontal else ey.abs() < ex.abs()
+        f, k, frac = f[mine], k[mine], frac[mine]
         cf, ck = flat[f], flat[k]
         over = (frac - 0.5)[:, None]  # > 0: the triangle reaches into pixel k; < 0: f is partly uncovered
         delta = delta.index_add(0, k, over.clamp_min(0) * (cf - ck))
