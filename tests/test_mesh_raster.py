@@ -1,9 +1,6 @@
 """Torch mesh rasterizer (nvdiffrast conventions) and the mesh renderer, checked against hand-computed
 coverage, analytic depths, finite differences and ray casting; nvdiffrast parity on a GPU."""
 
-import math
-
-import numpy as np
 import pytest
 import torch
 

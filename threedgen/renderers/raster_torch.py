@@ -23,15 +23,15 @@ from ``antialias``, an analytic edge-blending pass in the spirit of nvdiffrast's
 neighbouring pixels see different, non-adjacent triangles (a silhouette or occlusion boundary),
 the front triangle's edge crosses the segment between the pixel centres at a fraction ``s``, and
 the pixel on the far side of the edge is blended towards the other pixel's colour by ``|s - 1/2|``;
-``s`` depends on the edge vertices, which gives the boundary its gradient. Soft rasterization
+``s`` depends on the edge vertices, which gives the boundary its gradient. Each edge is handled by
+the pixel pairs along one axis only (the one closer to the edge's normal), so summed coverage is
+the triangle's area to first order and its gradient the area's (tested to within 6 %). Soft rasterization
 (SoftRas-style sigmoid coverage) was not chosen because it blurs every image — the renders the
 prior judges would differ from the CUDA path's — and it needs every triangle near every pixel,
 which is what makes it slow on a CPU.
 """
 
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 

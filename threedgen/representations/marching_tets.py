@@ -19,8 +19,6 @@ only slides along its edge, the same order is outward for every tet.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import torch
 
