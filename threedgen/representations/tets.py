@@ -40,23 +40,22 @@ def build_tet_grid(resolution: int) -> tuple[np.ndarray, np.ndarray]:
     n = R + 1
     lin = np.linspace(-1.0, 1.0, n, dtype=np.float32)
     verts = np.stack(np.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(-1, 3)
-    ar = np.arange(R)
-    base = np.stack(np.meshgrid(ar, ar, ar, indexing="ij"), -1).reshape(-1, 3)  # cell origins [C,3]
+    ar = np.arange(R, dtype=np.int64)
     stride = np.array([n * n, n, 1], dtype=np.int64)  # index of (i,j,k) in the ij-indexed vertex array
-    tets = []
-    for perm in itertools.permutations(range(3)):
+    # vertex index of every cell's origin corner [C]
+    base = (ar[:, None, None] * stride[0] + ar[None, :, None] * stride[1] + ar[None, None, :] * stride[2]).reshape(-1)
+    tets = np.empty((6, base.shape[0], 4), dtype=np.int64)  # filled in place: the 128^3 grid is 400 MB
+    for k, perm in enumerate(itertools.permutations(range(3))):
         corner = np.zeros(3, dtype=np.int64)
         path = [corner.copy()]
         for axis in perm:
             corner[axis] = 1
             path.append(corner.copy())
-        offs = np.stack(path)  # [4,3] corners of this tet
-        ids = (base[:, None, :] + offs[None]) @ stride  # [C,4]
-        # odd permutations give negatively oriented tets: swap two vertices
-        if _parity(perm):
-            ids = ids[:, [1, 0, 2, 3]]
-        tets.append(ids)
-    tets = np.concatenate(tets, 0).astype(np.int64)
+        offs = np.stack(path) @ stride  # [4] index offsets of this tet's corners
+        if _parity(perm):  # odd permutations give negatively oriented tets: swap two vertices
+            offs = offs[[1, 0, 2, 3]]
+        np.add(base[:, None], offs[None], out=tets[k])
+    tets = tets.reshape(-1, 4)
     return verts, tets
 
 
