@@ -114,6 +114,21 @@ def test_dmtet_mesh_gets_gradients_through_the_mesh_renderer(geometry):
     assert all(any(p.grad is not None and p.grad.abs().sum() > 0 for p in groups[n]) for n in groups)
 
 
+def test_an_empty_dmtet_renders_the_background_and_still_backpropagates():
+    from threedgen.data.cameras import make_cameras
+    from threedgen.renderers.background import SolidBackground
+    from threedgen.renderers.mesh import MeshRenderer
+
+    rep = _dmtet(init="none")
+    bg = SolidBackground(SolidBackground.Config(color=(0.2, 0.4, 0.6)))
+    out = MeshRenderer(MeshRenderer.Config())(rep, make_cameras([0.0], [0.0], 2.0, 50.0, 8, 8), bg)
+    assert torch.allclose(out.rgb, torch.tensor([0.2, 0.4, 0.6])[None, :, None, None].expand(1, 3, 8, 8))
+    assert out.alpha.abs().sum() == 0
+    out.rgb.sum().backward()  # an SDS step on an empty scene must not crash the run
+    with pytest.raises(ValueError, match="surface is empty"):
+        rep.isosurface()
+
+
 def test_frozen_geometry_has_no_trainable_geometry_and_reuses_its_mesh():
     rep = _dmtet(freeze_geometry=True)
     assert all(not p.requires_grad for p in rep.geometry_parameters())
