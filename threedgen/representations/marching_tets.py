@@ -82,11 +82,11 @@ def marching_tets(
     s = sdf - threshold
     with torch.no_grad():
         occ = s > 0
-        occ_t = occ[tets]  # [T,4]
-        n_in = occ_t.sum(1)
-        valid = (n_in > 0) & (n_in < 4)
+        o = occ.to(torch.uint8)[tets]  # [T,4]; uint8 arithmetic: a bool .sum() over 10M tets is ~10x slower
+        code = o[:, 0] | (o[:, 1] << 1) | (o[:, 2] << 2) | (o[:, 3] << 3)  # inside pattern, 0..15
+        valid = (code != 0) & (code != 15)
         tv = tets[valid]  # [Tv,4]
-        code = (occ_t[valid].long() * torch.tensor([1, 2, 4, 8], device=dev)).sum(1)
+        code = code[valid].long()
         edges = torch.tensor(TET_EDGES, device=dev)
         all_e = tv[:, edges]  # [Tv,6,2] global vertex ids
         all_e = torch.sort(all_e, dim=-1).values
