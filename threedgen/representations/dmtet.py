@@ -42,7 +42,7 @@ from .tets import load_tet_grid
 log = logging.getLogger(__name__)
 
 
-def _small_grid() -> HashGridConfig:
+def _default_grid() -> HashGridConfig:
     return HashGridConfig(n_levels=16, n_features_per_level=2, log2_hashmap_size=19, base_resolution=16, max_resolution=2048)
 
 
@@ -57,11 +57,11 @@ class DMTet(Representation):
         """Folder for cached grids (None: $THREEDGEN_TET_CACHE or .cache/tets)."""
         geometry: Literal["parameters", "hashgrid"] = "parameters"
         """Per-vertex SDF residual and deformation as direct parameters, or from a hash-grid MLP."""
-        geometry_grid: HashGridConfig = field(default_factory=_small_grid)
+        geometry_grid: HashGridConfig = field(default_factory=_default_grid)
         deformation: bool = True
         max_deformation: float = 0.25
         """Largest vertex offset, as a fraction of a grid cell (DMTet bounds it to keep tets valid)."""
-        albedo_grid: HashGridConfig = field(default_factory=_small_grid)
+        albedo_grid: HashGridConfig = field(default_factory=_default_grid)
         mlp_width: int = 64
         mlp_hidden_layers: int = 1
         init: Literal["sphere", "ellipsoid", "none"] = "sphere"
