@@ -153,6 +153,7 @@ def train(cfg: RunConfig, raw: dict, run_dir: Path, resume_ckpt: Optional[Path],
             ckpt_path = str(resume_ckpt)
         elif prev is not None:
             _init_from_previous(system, prev, prev_system)
+        prev_system = None  # release the previous stage (GPU memory) once this one is initialised
         callbacks = [
             AtomicCheckpoint(stage.ckpt, stage.cfg.trainer.ckpt_every, stage.name),
             MetricsCSV(run_dir / "metrics.csv", stage.cfg.trainer.log_every, stage.name),
