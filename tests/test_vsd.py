@@ -252,6 +252,37 @@ def test_separate_lora_base_v_prediction(sd_prior, sd_v_prior):
     assert torch.allclose(eps, a * v + b * x_t, atol=1e-5)  # v -> eps with the shared schedule
 
 
+def test_fp16_prior_trains_an_fp32_lora(tiny_sd_path):
+    """The GPU default (fp16 weights) on a CPU: the shared UNet stays fp16, the LoRA and camera MLP
+    are fp32 parameters and receive gradients through the fp16 network."""
+    prior = DiffusionPrior(PriorConfig(model=str(tiny_sd_path), device="cpu", dtype="fp16"))
+    g = _vsd(prior)
+    assert prior.unet.dtype == torch.float16 and {p.dtype for p in g.parameters()} == {torch.float32}
+    rgb = torch.rand(2, 3, 16, 16, requires_grad=True)
+    out = g(GuidanceInput(rgb=rgb, cameras=_cams(2)), _prompts(prior), step=0)
+    (out["loss_vsd"] + out["loss_lora"]).backward()
+    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in g.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fp16_vsd_step_matches_the_untouched_unet(tiny_sd_path):
+    prior = DiffusionPrior(PriorConfig(model=str(tiny_sd_path), device="cuda"))  # auto dtype: fp16
+    reference = DiffusionPrior(PriorConfig(model=str(tiny_sd_path), device="cuda"))
+    g = _vsd(prior).cuda()
+    _perturb(g)
+    prompts = _prompts(prior)
+    cams = _cams(2).to("cuda")
+    x_t, t = torch.randn(2, 4, 8, 8, device="cuda"), torch.tensor([100, 700], device="cuda")
+    cond, uncond = prompts.select(cams)
+    assert torch.equal(g._predict(x_t, t, prompts, cams).eps, reference.predict_eps(x_t, t, cond, uncond, 7.5).eps)
+    rgb = torch.rand(2, 3, 16, 16, device="cuda", requires_grad=True)
+    out = g(GuidanceInput(rgb=rgb, cameras=cams), prompts, step=0)
+    (out["loss_vsd"] + out["loss_lora"]).backward()
+    assert torch.isfinite(rgb.grad).all() and all(p.grad is not None and p.is_cuda for p in g.parameters())
+
+
 def test_bad_lora_setups_fail_at_start_up(tmp_path, sd_prior, pixel_prior):
     import tiny_models
     from diffusers import UNet2DConditionModel

@@ -66,8 +66,10 @@ class CameraLoRAUNet(nn.Module):
             )
         unet = prior.unet
         targets = tuple(targets)
-        hits = [n for n, m in unet.named_modules() if isinstance(m, nn.Linear) and any(n == t or n.endswith("." + t) for t in targets)]
-        if not hits:
+        def targeted(name: str, m: nn.Module) -> bool:
+            return isinstance(m, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)
+
+        if not any(targeted(n, m) for n, m in unet.named_modules()):
             raise ValueError(
                 f"VSD needs attention layers to adapt, but the UNet of {prior.model_id} has no linear layer "
                 f"named {', '.join(targets)} (it has no attention blocks); use a UNet with "

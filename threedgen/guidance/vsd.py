@@ -48,7 +48,8 @@ def check_lora_base(prior, base) -> None:
     if base is prior:
         return
     who = f"LoRA base {base.model_id} vs prior {prior.model_id}"
-    if (base.is_latent, base.latent_channels, base.vae_scale_factor) != (prior.is_latent, prior.latent_channels, prior.vae_scale_factor):
+    space = lambda p: (p.is_latent, p.latent_channels, p.vae_scale_factor)  # noqa: E731
+    if space(base) != space(prior):
         raise ValueError(
             f"{who}: different model space ({'latent' if base.is_latent else 'pixel'}, {base.latent_channels} "
             f"channels, /{base.vae_scale_factor} vs {'latent' if prior.is_latent else 'pixel'}, "
@@ -68,7 +69,7 @@ def check_lora_base(prior, base) -> None:
     )
     if not same_schedule:
         raise ValueError(f"{who}: different noise schedules; the same t must mean the same noise level in both")
-    if base.device != prior.device:
+    if torch.empty(0, device=base.device).device != torch.empty(0, device=prior.device).device:  # "cuda" == "cuda:0"
         raise ValueError(f"{who}: on different devices ({base.device} vs {prior.device}); set lora_prior.device")
 
 
@@ -143,7 +144,8 @@ class VSDGuidance(SDSGuidance):
 
     def param_groups(self) -> list[dict]:
         c = self.cfg
-        return [{"params": list(self.lora.parameters()), "lr": c.lora_lr, "betas": tuple(c.lora_betas), "weight_decay": c.lora_weight_decay}]
+        params = list(self.lora.parameters())
+        return [{"params": params, "lr": c.lora_lr, "betas": tuple(c.lora_betas), "weight_decay": c.lora_weight_decay}]
 
     # ---- the objective ----------------------------------------------------------------------
 
