@@ -86,6 +86,8 @@ _BUILTIN = {
     "guidance": {
         "sds": "threedgen.guidance.sds:SDSGuidance",
         "photometric": "threedgen.guidance.photometric:PhotometricGuidance",
+        "vsd": "threedgen.guidance.vsd:VSDGuidance",
+        "esd": "threedgen.guidance.esd:ESDGuidance",
     },
     "prompt_processor": {
         "default": "threedgen.prompts.processor:PromptProcessor",
