@@ -1,0 +1,31 @@
+"""Stage 2: drop floaters. Keep connected components with at least ``min_fraction`` of the largest one's faces."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def compact(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Remove vertices no face references; faces are renumbered."""
+    used, inverse = np.unique(faces, return_inverse=True)
+    return vertices[used], inverse.reshape(faces.shape).astype(np.int64)
+
+
+def component_labels(n_vertices: int, faces: np.ndarray) -> np.ndarray:
+    """Connected-component id of every face (components connected through shared vertices)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    e = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(e), dtype=np.int8), (e[:, 0], e[:, 1])), shape=(n_vertices, n_vertices))
+    _, labels = connected_components(graph, directed=False)
+    return labels[faces[:, 0]]
+
+
+def keep_large_components(vertices: np.ndarray, faces: np.ndarray, min_fraction: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """(vertices, faces, number of components dropped)."""
+    labels = component_labels(len(vertices), faces)
+    counts = np.bincount(labels)
+    keep = counts >= min_fraction * counts.max()
+    v, f = compact(vertices, faces[keep[labels]])
+    return v, f, int((counts > 0).sum() - keep.sum())
