@@ -32,36 +32,41 @@ def unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int, padding: 
     return vmapping.astype(np.int64), idx.astype(np.int64), uv.astype(np.float32)
 
 
-def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int, max_batch: int = 1 << 22):
-    """Which triangle covers each texel centre, and where.
+def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int, conservative: float = 0.71, max_batch: int = 1 << 22):
+    """Which triangle covers each texel, and where.
 
     Returns (triangle id [size,size] int64, -1 where empty; barycentrics [size,size,3] float32).
-    Vectorised by enumerating every triangle's texel bounding box as one flat index list
-    (``repeat_interleave``), testing the three edge functions at the texel centres.
+    A texel whose centre is inside a triangle takes that triangle. A texel whose centre lies within
+    ``conservative`` texels of a triangle's edges (the ring a bilinear or mip-mapped lookup near the
+    edge still reads) takes the triangle's nearest-ish point (barycentrics clamped to the triangle),
+    unless some triangle covers its centre. Vectorised by enumerating every triangle's texel bounding
+    box as one flat index list (``repeat_interleave``) and testing the three edge functions.
     """
     p = torch.from_numpy(uv).double()[torch.from_numpy(faces)] * size  # [F,3,2] texel units
-    lo = torch.ceil(p.amin(1) - 0.5).clamp(0, size - 1).long()  # first texel whose centre can be inside
-    hi = torch.floor(p.amax(1) - 0.5).clamp(-1, size - 1).long()
+    lo = torch.ceil(p.amin(1) - 0.5 - conservative).clamp(0, size - 1).long()
+    hi = torch.floor(p.amax(1) - 0.5 + conservative).clamp(-1, size - 1).long()
     wh = (hi - lo + 1).clamp_min(0)
     count = wh[:, 0] * wh[:, 1]
     a, b, c = p[:, 0], p[:, 1], p[:, 2]
     area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
     count[area.abs() < 1e-12] = 0
+    # height of the triangle over each edge (opposite vertex 0, 1, 2): barycentric l_i times it is the distance to that edge
+    height = area.abs()[:, None] / torch.stack([(c - b).norm(dim=1), (a - c).norm(dim=1), (b - a).norm(dim=1)], 1).clamp_min(1e-12)
     tri_id = torch.full((size * size,), -1, dtype=torch.long)
     bary = torch.zeros(size * size, 3, dtype=torch.float32)
     ends = torch.cumsum(count, 0)
+    hits = []
     start = 0
     while start < len(count):  # batches of triangles with at most max_batch candidate texels
-        stop = int(torch.searchsorted(ends, ends[start - 1] + max_batch if start else max_batch, right=True))
-        stop = max(stop, start + 1)
+        base = int(ends[start - 1]) if start else 0
+        stop = max(int(torch.searchsorted(ends, base + max_batch, right=True)), start + 1)
         sel = torch.arange(start, min(stop, len(count)))
         start = int(sel[-1]) + 1
         n = count[sel]
         if int(n.sum()) == 0:
             continue
         t = torch.repeat_interleave(sel, n)
-        first = torch.cumsum(n, 0) - n
-        local = torch.arange(int(n.sum())) - torch.repeat_interleave(first, n)
+        local = torch.arange(int(n.sum())) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
         w = wh[t, 0]
         px, py = lo[t, 0] + local % w, lo[t, 1] + local // w
         q = torch.stack([px, py], -1).double() + 0.5
@@ -69,11 +74,18 @@ def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int, max_batch: int = 
         def edge(u, v):  # twice the signed area of (u, v, q)
             return (v[t, 0] - u[t, 0]) * (q[:, 1] - u[t, 1]) - (v[t, 1] - u[t, 1]) * (q[:, 0] - u[t, 0])
 
-        l0, l1, l2 = edge(b, c) / area[t], edge(c, a) / area[t], edge(a, b) / area[t]
-        inside = (l0 >= -1e-9) & (l1 >= -1e-9) & (l2 >= -1e-9)
-        flat = (py * size + px)[inside]
-        tri_id[flat] = t[inside]
-        bary[flat] = torch.stack([l0, l1, l2], -1)[inside].float()
+        lam = torch.stack([edge(b, c), edge(c, a), edge(a, b)], -1) / area[t, None]
+        dist = (lam * height[t]).amin(-1)  # signed distance (texels) from the triangle, > 0 inside
+        keep = dist >= -conservative
+        inside = dist >= -1e-9
+        lam = lam.clamp_min(0)
+        lam = lam / lam.sum(-1, keepdim=True)
+        hits.append(((py * size + px)[keep], t[keep], lam[keep].float(), inside[keep]))
+    if hits:
+        flat, tri, lam, inside = (torch.cat(x) for x in zip(*hits))
+        for sel in (~inside, inside):  # texels whose centre a triangle covers are written last and win
+            tri_id[flat[sel]] = tri[sel]
+            bary[flat[sel]] = lam[sel]
     return tri_id.view(size, size), bary.view(size, size, 3)
 
 

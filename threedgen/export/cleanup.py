@@ -1,4 +1,5 @@
-"""Stage 2: drop floaters. Keep connected components with at least ``min_fraction`` of the largest one's faces."""
+"""Stage 2: drop floaters (connected components smaller than ``min_fraction`` of the largest) and wind every
+component counter-clockwise seen from outside (positive signed volume), whatever the extractor did."""
 
 from __future__ import annotations
 
@@ -27,5 +28,17 @@ def keep_large_components(vertices: np.ndarray, faces: np.ndarray, min_fraction:
     labels = component_labels(len(vertices), faces)
     counts = np.bincount(labels)
     keep = counts >= min_fraction * counts.max()
-    v, f = compact(vertices, faces[keep[labels]])
+    f = faces[keep[labels]]
+    f = orient_outward(vertices, f, labels[keep[labels]])
+    v, f = compact(vertices, f)
     return v, f, int((counts > 0).sum() - keep.sum())
+
+
+def orient_outward(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Flip the faces of every component whose signed volume (divergence theorem, Σ a·(b×c)/6) is negative."""
+    a, b, c = (vertices[faces[:, i]].astype(np.float64) for i in range(3))
+    vol = np.bincount(labels, weights=np.einsum("ij,ij->i", a, np.cross(b, c)) / 6.0)
+    flip = vol[labels] < 0
+    out = faces.copy()
+    out[flip] = out[flip][:, ::-1]
+    return out
