@@ -117,6 +117,11 @@ def test_trimesh_reloads_glb_and_obj_with_uvs_normals_and_the_same_vertices(ball
         np.testing.assert_allclose(m.vertices, mesh.positions, atol=1e-5)
     # trimesh converts both files to bottom-left UVs: the two loaders agree with each other
     np.testing.assert_allclose(glb.visual.uv, obj.visual.uv, atol=1e-5)
+    # and trimesh's own texture lookup (its UV convention, not ours) gives the colour field at the vertices
+    for m in (glb, obj):
+        looked_up = m.visual.to_color().vertex_colors[:, :3] / 255.0
+        err = np.abs(looked_up - Ball.albedo_at(m.vertices).numpy()).max(1)
+        assert np.percentile(err, 99) < 0.04, np.percentile(err, 99)
     gltf, binary = read_glb(folder / "model.glb")
     attrs = gltf["meshes"][0]["primitives"][0]["attributes"]
     assert set(attrs) == {"POSITION", "NORMAL", "TEXCOORD_0"}
