@@ -1,13 +1,14 @@
 """Export time per stage on CPU, and how faithfully the baked texture reproduces the colour field.
 
     PYTHONPATH=. python benchmarks/bench_export.py [--res 128] [--faces 20000] [--texture 1024]
-        [--gaussians 200000] [--unwrap-faces 100000] [--threads 1]
+        [--gaussians 200000] [--unwrap-faces 100000] [--parts nerf,unwrap,fidelity,gaussians] [--threads 1]
 
 1. A NeRF (the toy recipe's network, blob initialisation: a smooth closed surface) at marching-cubes
    resolution --res, decimated to --faces, unwrapped, baked at --texture px: seconds per stage.
-2. xatlas on a --unwrap-faces mesh (the issue's bound: under 30 s for a 100k-face target).
+2. Decimation + xatlas on a --unwrap-faces mesh (the issue's bound: under 30 s for a 100k-face target).
 3. --gaussians random Gaussians on a sphere shell: each splat writer, then the density-grid mesh path.
-4. Bake fidelity on an analytic striped sphere at 512/1024/2048 px.
+4. Bake fidelity on an analytic striped sphere at 512/1024/2048 px: at random surface points, and as the
+   mean PSNR of 8 rendered views of the exported mesh against exact ray-traced views of the sphere.
 Texture fidelity: PSNR between bilinear texture lookups and ``albedo_at`` at 200k random surface points.
 """
 
@@ -21,7 +22,8 @@ import numpy as np
 import torch
 
 from threedgen.config import ExportConfig, from_dict
-from threedgen.export.bake import unwrap
+from threedgen.data.cameras import make_cameras
+from threedgen.export.bake import rasterize_uv, unwrap
 from threedgen.export.decimate import decimate
 from threedgen.export.extract import extract_surface
 from threedgen.export.mesh import build_textured_mesh, encode_textured_mesh
@@ -33,6 +35,20 @@ TOY_NERF = {"radius": 0.8, "grid": {"n_levels": 8, "log2_hashmap_size": 15, "bas
             "mlp_width": 32, "normals": "none"}
 
 
+def bilinear(tex: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """What a GPU's bilinear sampler returns at ``uv`` (glTF convention: row = v * H), clamp-to-edge."""
+    q = uv * tex.shape[0] - 0.5
+    x0, y0 = np.floor(q).astype(int).T
+    fx, fy = (q - np.floor(q)).T
+    T = lambda yy, xx: tex[np.clip(yy, 0, tex.shape[0] - 1), np.clip(xx, 0, tex.shape[1] - 1)]  # noqa: E731
+    return ((1 - fy)[:, None] * ((1 - fx)[:, None] * T(y0, x0) + fx[:, None] * T(y0, x0 + 1))
+            + fy[:, None] * ((1 - fx)[:, None] * T(y0 + 1, x0) + fx[:, None] * T(y0 + 1, x0 + 1)))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return -10 * math.log10(max(float(np.mean((a - b) ** 2)), 1e-12))
+
+
 def texture_psnr(rep, mesh, n: int = 200_000, seed: int = 0) -> float:
     """PSNR (dB) of bilinear texture lookups against the colour field at uniformly random surface points."""
     g = np.random.default_rng(seed)
@@ -42,18 +58,41 @@ def texture_psnr(rep, mesh, n: int = 200_000, seed: int = 0) -> float:
     r1, r2 = np.sqrt(g.random(n)), g.random(n)
     bary = np.stack([1 - r1, r1 * (1 - r2), r1 * r2], 1)
     pts = (bary[..., None] * v[f[tri]]).sum(1)
-    q = (bary[..., None] * uv[f[tri]]).sum(1) * tex.shape[0] - 0.5  # texel coordinates of the lookups
-    x0, y0 = np.floor(q).astype(int).T
-    fx, fy = (q - np.floor(q)).T
-    T = lambda yy, xx: tex[np.clip(yy, 0, tex.shape[0] - 1), np.clip(xx, 0, tex.shape[1] - 1)]  # noqa: E731
-    look = ((1 - fy)[:, None] * ((1 - fx)[:, None] * T(y0, x0) + fx[:, None] * T(y0, x0 + 1))
-            + fy[:, None] * ((1 - fx)[:, None] * T(y0 + 1, x0) + fx[:, None] * T(y0 + 1, x0 + 1)))
-    want = rep.albedo_at(torch.from_numpy(pts).float()).double().numpy()
-    return -10 * math.log10(max(np.mean((look - want) ** 2), 1e-12))
+    look = bilinear(tex, (bary[..., None] * uv[f[tri]]).sum(1))
+    return psnr(look, rep.albedo_at(torch.from_numpy(pts).float()).double().numpy())
+
+
+def orbit(res: int):
+    return make_cameras([20, -10] * 4, np.arange(8) * 45.0, 1.8, 50.0, res, res)
+
+
+def render_textured_mesh(mesh, cams) -> np.ndarray:
+    """[B,H,W,3] unlit renders of the exported mesh: z-buffered raster, bilinear texture lookups, white background."""
+    res = cams.width
+    tex = mesh.texture.astype(np.float64) / 255
+    pts = torch.from_numpy(mesh.positions).float()[None].expand(len(cams.c2w), -1, -1)
+    pix, depth = cams.project(pts)
+    out = np.ones((len(cams.c2w), res, res, 3))
+    for b in range(len(cams.c2w)):
+        tri, bary = rasterize_uv(pix[b].double().numpy() / res, mesh.faces, res, conservative=0.0, depth=depth[b].double().numpy())
+        hit = (tri >= 0).numpy()
+        uv = (bary.numpy()[hit][..., None] * mesh.uv[mesh.faces[tri.numpy()[hit]]]).sum(1)
+        out[b][hit] = bilinear(tex, uv)
+    return out
+
+
+def render_striped_ball(cams) -> np.ndarray:
+    """Exact ray-sphere renders of ``StripedBall`` (unlit albedo, white background), at pixel centres."""
+    o, d = cams.rays()
+    b = (o * d).sum(-1)
+    disc = b * b - ((o * o).sum(-1) - 0.25)
+    t = -b - disc.clamp_min(0).sqrt()
+    colour = StripedBall.albedo_at((o + t[..., None] * d).reshape(-1, 3)).view(o.shape)
+    return torch.where((disc > 0)[..., None], colour, torch.ones(3)).double().numpy()
 
 
 class StripedBall:
-    """Analytic sphere (radius 0.5) with a colour field of 4 sine stripes per metre per axis: a bake stress test."""
+    """Analytic sphere (radius 0.5) with a colour field of 12 sine periods per metre along each axis: a bake stress test."""
 
     last_threshold = None
 
@@ -67,15 +106,20 @@ class StripedBall:
 
     @staticmethod
     def albedo_at(points):
-        return 0.5 + 0.4 * torch.sin(2 * math.pi * 4 * torch.as_tensor(points, dtype=torch.float32))
+        return 0.5 + 0.4 * torch.sin(2 * math.pi * 12 * torch.as_tensor(points, dtype=torch.float32))
 
 
 def bench_fidelity(args) -> None:
-    print("\nbake fidelity on an analytic striped sphere (PSNR of texture lookups vs the colour field):")
+    print("\nbake fidelity on an analytic striped sphere: PSNR of texture lookups vs the colour field at random surface\n"
+          "points, and mean PSNR of 8 unlit renders of the exported mesh vs exact ray-traced renders of the sphere:")
+    cams = orbit(args.view_res)
+    reference = render_striped_ball(cams)
     for size in (512, 1024, 2048):
         cfg = from_dict(ExportConfig, {"resolution": args.res, "target_faces": args.faces, "texture_size": size})
         mesh = build_textured_mesh(StripedBall(), cfg)
-        print(f"  {size:>4} px: {texture_psnr(StripedBall(), mesh):5.1f} dB  (unwrap {mesh.timings['unwrap']:.1f} s, bake {mesh.timings['bake']:.1f} s)")
+        views = np.mean([psnr(a, b) for a, b in zip(render_textured_mesh(mesh, cams), reference)])
+        print(f"  {size:>4} px: surface {texture_psnr(StripedBall(), mesh):5.1f} dB, 8 views at {args.view_res} px "
+              f"{views:5.1f} dB  (unwrap {mesh.timings['unwrap']:.1f} s, bake {mesh.timings['bake']:.1f} s)")
 
 
 def bench_nerf(args) -> None:
@@ -89,12 +133,16 @@ def bench_nerf(args) -> None:
     for k, t in mesh.timings.items():
         print(f"  {k:<11} {t:7.2f} s  ({100 * t / total:4.1f}%)")
     print(f"  texture fidelity: {texture_psnr(nerf, mesh):.1f} dB PSNR (texture lookups vs colour field)")
-    if args.unwrap_faces:
-        v, f = extract_surface(nerf, 256, "auto")
-        v, f = decimate(v, f, args.unwrap_faces)
-        t = time.perf_counter()
-        unwrap(v, f, 2048)
-        print(f"\nxatlas unwrap of a {len(f)}-face mesh (from 256^3, 2048 px atlas): {time.perf_counter() - t:.1f} s")
+
+
+def bench_unwrap(args) -> None:
+    v, f = extract_surface(StripedBall(), 256, "auto")
+    t = time.perf_counter()
+    v, f = decimate(v, f, args.unwrap_faces)
+    t_dec = time.perf_counter() - t
+    t = time.perf_counter()
+    unwrap(v, f, 2048)
+    print(f"\nanalytic sphere at 256^3: decimation to {len(f)} faces {t_dec:.1f} s; xatlas unwrap (2048 px atlas) {time.perf_counter() - t:.1f} s")
 
 
 def sphere_gaussians(n: int, seed: int = 0) -> dict:
@@ -133,16 +181,17 @@ def main() -> None:
     p.add_argument("--res", type=int, default=128)
     p.add_argument("--faces", type=int, default=20000)
     p.add_argument("--texture", type=int, default=1024)
-    p.add_argument("--gaussians", type=int, default=200_000, help="0: skip")
-    p.add_argument("--unwrap-faces", type=int, default=100_000, help="0: skip")
+    p.add_argument("--gaussians", type=int, default=200_000)
+    p.add_argument("--unwrap-faces", type=int, default=100_000)
+    p.add_argument("--parts", default="nerf,unwrap,fidelity,gaussians", help="comma-separated subset to run")
+    p.add_argument("--view-res", type=int, default=128, help="render size for the 8-view fidelity check")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"CPU, {args.threads} torch thread(s)")
-    bench_nerf(args)
-    bench_fidelity(args)
-    if args.gaussians:
-        bench_gaussians(args)
+    parts = {"nerf": bench_nerf, "unwrap": bench_unwrap, "fidelity": bench_fidelity, "gaussians": bench_gaussians}
+    for name in args.parts.split(","):
+        parts[name.strip()](args)
 
 
 if __name__ == "__main__":

@@ -11,28 +11,36 @@ import torch
 import torch.nn.functional as F
 
 
-def unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int, padding: int = 2):
+def unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int, padding: int = 2, chart_faces: int = 1000):
     """xatlas charts packed for a ``texture_size`` square atlas.
 
+    Charts are capped at about ``chart_faces`` triangles' worth of area: xatlas's chart growing and
+    parameterisation scale worse than linearly with chart size (measured on a sphere: 20k faces in
+    6.5 s as 9 charts, 2.6 s as 49 charts), so bounded charts keep a 100k-face unwrap to seconds.
     Returns (vmapping [V'] original vertex of each new vertex, faces [F,3] into the new vertices,
     uv [V',2]). Vertices on chart seams are duplicated; positions come from ``vertices[vmapping]``.
     """
     import xatlas
 
+    v = np.ascontiguousarray(vertices, dtype=np.float32)
     atlas = xatlas.Atlas()
-    atlas.add_mesh(np.ascontiguousarray(vertices, dtype=np.float32), np.ascontiguousarray(faces, dtype=np.uint32))
+    atlas.add_mesh(v, np.ascontiguousarray(faces, dtype=np.uint32))
+    area = 0.5 * float(np.linalg.norm(np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]]), axis=1).sum())
+    charts = xatlas.ChartOptions()
+    charts.max_chart_area = area * chart_faces / max(len(faces), 1)
     pack = xatlas.PackOptions()
     pack.resolution = int(texture_size)
     pack.padding = int(padding)
     pack.bilinear = True
-    atlas.generate(xatlas.ChartOptions(), pack)
+    atlas.generate(charts, pack)
     if atlas.atlas_count != 1:
         raise ValueError(f"the UV atlas needs {atlas.atlas_count} pages at {texture_size} px; raise export.texture_size")
     vmapping, idx, uv = atlas[0]
     return vmapping.astype(np.int64), idx.astype(np.int64), uv.astype(np.float32)
 
 
-def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int, conservative: float = 0.71, max_batch: int = 1 << 22):
+def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int, conservative: float = 0.71, max_batch: int = 1 << 22,
+                 depth: np.ndarray | None = None):
     """Which triangle covers each texel, and where.
 
     Returns (triangle id [size,size] int64, -1 where empty; barycentrics [size,size,3] float32).
@@ -41,6 +49,8 @@ def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int, conservative: flo
     edge still reads) takes the triangle's nearest-ish point (barycentrics clamped to the triangle),
     unless some triangle covers its centre. Vectorised by enumerating every triangle's texel bounding
     box as one flat index list (``repeat_interleave``) and testing the three edge functions.
+    With per-vertex ``depth`` [V] (screen-space use: ``uv`` = pixel position / size), overlapping
+    triangles are resolved by a z-buffer (nearest wins) instead.
     """
     p = torch.from_numpy(uv).double()[torch.from_numpy(faces)] * size  # [F,3,2] texel units
     lo = torch.ceil(p.amin(1) - 0.5 - conservative).clamp(0, size - 1).long()
@@ -83,6 +93,11 @@ def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int, conservative: flo
         hits.append(((py * size + px)[keep], t[keep], lam[keep].float(), inside[keep]))
     if hits:
         flat, tri, lam, inside = (torch.cat(x) for x in zip(*hits))
+        if depth is not None:
+            z = (lam.double() * torch.from_numpy(np.asarray(depth, np.float64))[torch.from_numpy(faces)[tri]]).sum(-1)
+            zbuf = torch.full((size * size,), float("inf"), dtype=torch.float64).scatter_reduce(0, flat, z, "amin")
+            front = z <= zbuf[flat]
+            flat, tri, lam, inside = flat[front], tri[front], lam[front], inside[front]
         for sel in (~inside, inside):  # texels whose centre a triangle covers are written last and win
             tri_id[flat[sel]] = tri[sel]
             bary[flat[sel]] = lam[sel]
