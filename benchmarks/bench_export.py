@@ -1,7 +1,7 @@
 """Export time per stage on CPU, and how faithfully the baked texture reproduces the colour field.
 
     PYTHONPATH=. python benchmarks/bench_export.py [--res 128] [--faces 20000] [--texture 1024]
-        [--gaussians 200000] [--unwrap-faces 100000] [--parts nerf,unwrap,fidelity,gaussians] [--threads 1]
+        [--gaussians 200000] [--unwrap-faces 100000] [--parts nerf,unwrap,fidelity,fitted,gaussians] [--threads 1]
 
 1. A NeRF (the toy recipe's network, blob initialisation: a smooth closed surface) at marching-cubes
    resolution --res, decimated to --faces, unwrapped, baked at --texture px: seconds per stage.
@@ -9,6 +9,8 @@
 3. --gaussians random Gaussians on a sphere shell: each splat writer, then the density-grid mesh path.
 4. Bake fidelity on an analytic striped sphere at 512/1024/2048 px: at random surface points, and as the
    mean PSNR of 8 rendered views of the exported mesh against exact ray-traced views of the sphere.
+5. The issue's fidelity metric on a trained NeRF: 8 renders of the exported textured mesh vs 8 renders
+   of the NeRF it came from (fitted to exact views of a sphere with a smooth colour field).
 Texture fidelity: PSNR between bilinear texture lookups and ``albedo_at`` at 200k random surface points.
 """
 
@@ -81,20 +83,21 @@ def render_textured_mesh(mesh, cams) -> np.ndarray:
     return out
 
 
-def render_striped_ball(cams) -> np.ndarray:
+def render_striped_ball(cams, ball=None) -> np.ndarray:
     """Exact ray-sphere renders of ``StripedBall`` (unlit albedo, white background), at pixel centres."""
     o, d = cams.rays()
     b = (o * d).sum(-1)
     disc = b * b - ((o * o).sum(-1) - 0.25)
     t = -b - disc.clamp_min(0).sqrt()
-    colour = StripedBall.albedo_at((o + t[..., None] * d).reshape(-1, 3)).view(o.shape)
+    colour = (ball or StripedBall).albedo_at((o + t[..., None] * d).reshape(-1, 3)).view(o.shape)
     return torch.where((disc > 0)[..., None], colour, torch.ones(3)).double().numpy()
 
 
 class StripedBall:
-    """Analytic sphere (radius 0.5) with a colour field of 12 sine periods per metre along each axis: a bake stress test."""
+    """Analytic sphere (radius 0.5) with a colour field of ``periods`` sine periods per metre along each axis."""
 
     last_threshold = None
+    periods = 12.0
 
     def isosurface(self, resolution=128, threshold="auto"):
         import mcubes
@@ -104,9 +107,9 @@ class StripedBall:
         v, f = mcubes.marching_cubes(0.5 - np.linalg.norm(x, axis=-1), 0.0)
         return (v * 2 / (resolution - 1) - 1).astype(np.float32), f.astype(np.int64), None
 
-    @staticmethod
-    def albedo_at(points):
-        return 0.5 + 0.4 * torch.sin(2 * math.pi * 12 * torch.as_tensor(points, dtype=torch.float32))
+    @classmethod
+    def albedo_at(cls, points):
+        return 0.5 + 0.4 * torch.sin(2 * math.pi * cls.periods * torch.as_tensor(points, dtype=torch.float32))
 
 
 def bench_fidelity(args) -> None:
@@ -120,6 +123,48 @@ def bench_fidelity(args) -> None:
         views = np.mean([psnr(a, b) for a, b in zip(render_textured_mesh(mesh, cams), reference)])
         print(f"  {size:>4} px: surface {texture_psnr(StripedBall(), mesh):5.1f} dB, 8 views at {args.view_res} px "
               f"{views:5.1f} dB  (unwrap {mesh.timings['unwrap']:.1f} s, bake {mesh.timings['bake']:.1f} s)")
+
+
+class GentleBall(StripedBall):
+    periods = 1.5
+
+
+def bench_fitted_nerf(args, steps: int = 300) -> None:
+    """The issue's texture-fidelity metric on a trained NeRF: fit the toy NeRF to 12 exact 48 px views
+    of a sphere with a smooth colour field, export it, then compare 8 held-out renders of the exported
+    mesh with renders of the NeRF itself (and both with the exact sphere)."""
+    import torch.nn.functional as F
+
+    from threedgen.renderers.background import SolidBackground
+    from threedgen.renderers.volume import VolumeRenderer
+
+    torch.manual_seed(0)
+    train = make_cameras([30, -15, 10] * 4, np.arange(12) * 30.0 + 7, 1.8, 50.0, 48, 48)
+    target = torch.from_numpy(render_striped_ball(train, GentleBall)).float().permute(0, 3, 1, 2)
+    nerf = NeRF(from_dict(NeRF.Config, {**TOY_NERF, "lr_mlp": 1e-2}))
+    renderer = VolumeRenderer(VolumeRenderer.Config(num_samples_per_ray=48, occ_update_every=8))
+    bg = SolidBackground(SolidBackground.Config())
+    opt = torch.optim.Adam([{"params": g["params"], "lr": g["lr"](0), "eps": g.get("eps", 1e-8)} for g in nerf.param_groups()], betas=(0.9, 0.99))
+    t = time.perf_counter()
+    for _ in range(steps):
+        idx = torch.randperm(12)[:2]
+        loss = F.mse_loss(renderer(nerf, train[idx], bg).rgb, target[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    fit_s = time.perf_counter() - t
+    cams = orbit(args.view_res)
+    renderer.eval()
+    with torch.no_grad():
+        nerf_views = renderer(nerf, cams, bg).rgb.permute(0, 2, 3, 1).double().numpy()
+    exact = render_striped_ball(cams, GentleBall)
+    cfg = from_dict(ExportConfig, {"resolution": args.res, "target_faces": args.faces, "texture_size": args.texture})
+    mesh = build_textured_mesh(nerf, cfg)
+    mesh_views = render_textured_mesh(mesh, cams)
+    mean = lambda a, b: np.mean([psnr(x, y) for x, y in zip(a, b)])  # noqa: E731
+    print(f"\nfitted NeRF ({steps} steps, {fit_s:.0f} s), exported at {args.res}^3 / {len(mesh.faces)} faces / {args.texture} px:")
+    print(f"  8 views at {args.view_res} px: mesh vs NeRF {mean(mesh_views, nerf_views):.1f} dB; "
+          f"NeRF vs exact {mean(nerf_views, exact):.1f} dB; mesh vs exact {mean(mesh_views, exact):.1f} dB")
 
 
 def bench_nerf(args) -> None:
@@ -183,13 +228,14 @@ def main() -> None:
     p.add_argument("--texture", type=int, default=1024)
     p.add_argument("--gaussians", type=int, default=200_000)
     p.add_argument("--unwrap-faces", type=int, default=100_000)
-    p.add_argument("--parts", default="nerf,unwrap,fidelity,gaussians", help="comma-separated subset to run")
+    p.add_argument("--parts", default="nerf,unwrap,fidelity,fitted,gaussians", help="comma-separated subset to run")
     p.add_argument("--view-res", type=int, default=128, help="render size for the 8-view fidelity check")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"CPU, {args.threads} torch thread(s)")
-    parts = {"nerf": bench_nerf, "unwrap": bench_unwrap, "fidelity": bench_fidelity, "gaussians": bench_gaussians}
+    parts = {"nerf": bench_nerf, "unwrap": bench_unwrap, "fidelity": bench_fidelity, "gaussians": bench_gaussians,
+             "fitted": bench_fitted_nerf}
     for name in args.parts.split(","):
         parts[name.strip()](args)
 
