@@ -241,6 +241,9 @@ def test_bad_input_gives_clear_errors_and_keeps_the_previous_export(tmp_path):
     with pytest.raises(ValueError, match="NaN"):
         SplatExporter().encode(Gaussians(nan=True), cfg(formats=["ply"]))
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing lost, no temp files
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="not writable"):
+        MeshExporter()(Ball(), cfg(), tmp_path / "afile" / "export")
     locked = tmp_path / "locked"
     locked.mkdir()
     os.chmod(locked, 0o500)
@@ -250,6 +253,18 @@ def test_bad_input_gives_clear_errors_and_keeps_the_previous_export(tmp_path):
                 MeshExporter()(Ball(), cfg(), locked / "export")
     finally:
         os.chmod(locked, 0o700)
+
+
+def test_nan_weights_are_named_before_meshing(tmp_path):
+    from threedgen.representations.nerf import NeRF
+
+    nerf = NeRF(from_dict(NeRF.Config, {"grid": {"n_levels": 2, "log2_hashmap_size": 8, "base_resolution": 4, "max_resolution": 8},
+                                       "mlp_width": 8, "normals": "none"}))
+    with torch.no_grad():
+        nerf.grid.params[0] = float("nan")
+    with pytest.raises(ValueError, match=r"non-finite parameters .*'grid.params'"):
+        MeshExporter()(nerf, cfg(), tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_export_config_errors_name_the_key_and_the_valid_values():
@@ -423,6 +438,10 @@ def test_gaussian_scene_exports_splats_and_a_textured_mesh_through_runner(tmp_pa
     c = cfg(resolution=40, texture_size=128, target_faces=2000, formats=["glb", "ply", "splat", "splat_glb"])
     paths = runner.export(system, SimpleNamespace(export=c), tmp_path)
     assert sorted(p.name for p in paths) == ["gaussians.glb", "gaussians.ply", "gaussians.splat", "model.glb"]
+    from plyfile import PlyData
+
+    ply = PlyData.read(str(tmp_path / "export" / "gaussians.ply"))["vertex"]
+    np.testing.assert_allclose(np.mean(ply["y"]), -0.3, atol=1e-5)  # default splat_axes=rdf: y down
     mesh = trimesh.load(tmp_path / "export" / "model.glb", force="mesh")
     # the 6x6x6 lattice spans [-0.25, 0.25] (+0.3 in y) plus roughly one Gaussian width of skin
     lo, hi = mesh.bounds
