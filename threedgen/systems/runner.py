@@ -93,6 +93,8 @@ def resolve_run(cfg: RunConfig, resume: Optional[str], need_ckpt: bool) -> tuple
         return run, ckpt
     if resume:
         ckpt = Path(resume)
+        if ckpt.is_dir():  # a run folder: its last checkpoint
+            ckpt = ckpt / "ckpts" / "last.ckpt"
         check_checkpoint(ckpt)
         run = ckpt.parent.parent if ckpt.parent.name == "ckpts" else ckpt.parent
         return run, ckpt
