@@ -17,7 +17,7 @@ name: tiny
 seed: 0
 trainer: {max_steps: 6, val_every: 3, log_every: 2, ckpt_every: 3, test_views: 4, test_resolution: 24}
 data: {batch_size: 2, width: 16, height: 16}
-export: {resolution: 32}
+export: {resolution: 32, texture_size: 128}
 system:
   prompt: a red sphere
   representation: {name: nerf, grid: {n_levels: 4, log2_hashmap_size: 12, base_resolution: 8, max_resolution: 32}, mlp_width: 16}
@@ -62,6 +62,8 @@ def _tree(path: Path) -> set:
         (["--config", "tiny.yaml", "--resume", "nope.ckpt"], "does not exist"),
         (["--config", "tiny.yaml", "--resume", "afile"], "not a threedgen checkpoint"),
         (["--config", "tiny.yaml", "--test"], "need a trained run"),
+        (["--train"], "--config is required"),
+        (["--config", "tiny.yaml", "export.formats=[fbx]"], "export.formats.0: expected one of 'glb', 'obj'"),
         (["--config", "tiny.yaml", "system.guidance=[{name: sds, prior: {model: no/such/model}}]"], "no/such/model"),
     ],
 )
@@ -91,15 +93,17 @@ def test_train_writes_everything_and_test_export_resume(tmp_path, recipe):
     import trimesh
 
     mesh = trimesh.load(run / "export" / "model.glb", force="mesh")  # a real glTF loader reads it back
-    assert len(mesh.faces) > 0 and mesh.visual.kind == "vertex"
+    assert len(mesh.faces) > 300 and mesh.visual.kind == "texture"
     ck = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ck["global_step"] == 6
     assert not any(k.startswith("guidances.0.prior") for k in ck["state_dict"])
     # --test re-renders from the checkpoint; --export re-exports
+    # re-export with other settings, the config taken from the run folder, without retraining
     os.remove(run / "export" / "model.glb")
-    r = launch("--config", str(recipe), "--export", "--resume", "auto", cwd=tmp_path)
+    r = launch("--export", "--resume", str(run / "ckpts" / "last.ckpt"), "export.target_faces=300", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert (run / "export" / "model.glb").is_file()
+    assert "export: decimation" in r.stderr
+    assert len(trimesh.load(run / "export" / "model.glb", force="mesh").faces) <= 300
     # resume auto continues the same run to a larger step count
     r = launch("--config", str(recipe), "--train", "-q", "--resume", "auto", "trainer.max_steps=9", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -17,7 +17,7 @@ RECIPES = sorted((ROOT / "configs").rglob("*.yaml"))
 
 SMALL = [
     "trainer.max_steps=2", "trainer.val_every=2", "trainer.test_views=2", "trainer.test_resolution=16",
-    "system.val_views=1", "system.val_resolution=16", "export.resolution=24",
+    "system.val_views=1", "system.val_resolution=16", "export.resolution=24", "export.texture_size=64",
     "system.representation.grid.n_levels=4", "system.representation.grid.log2_hashmap_size=12",
     "system.representation.grid.max_resolution=64", "system.renderer.num_samples_per_ray=16",
     "data.width=16", "data.height=16",

@@ -20,12 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="threedgen: text-to-3D by score distillation. Runs a recipe (YAML) with key=value overrides.",
         epilog="example: python launch.py --config configs/toy/sds-nerf.yaml --train system.prompt=\"a red cube\"",
     )
-    p.add_argument("--config", required=True, help="recipe YAML, e.g. configs/toy/sds-nerf.yaml")
+    p.add_argument("--config", help="recipe YAML, e.g. configs/toy/sds-nerf.yaml (optional with --test/--export --resume PATH: the run's config.yaml)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--train", action="store_true", help="optimise the scene (default), then test and export")
     mode.add_argument("--test", action="store_true", help="render the orbit video of a trained run (needs --resume)")
-    mode.add_argument("--export", action="store_true", help="export meshes of a trained run (needs --resume)")
-    p.add_argument("--resume", metavar="auto|PATH", help="continue from a checkpoint; 'auto' picks the latest run of this recipe and prompt")
+    mode.add_argument("--export", action="store_true", help="re-export a trained run into its export/ with the given export.* settings (needs --resume)")
+    p.add_argument("--resume", metavar="auto|PATH", help="continue from a checkpoint (or a run folder: its ckpts/last.ckpt); 'auto' picks the latest run of this recipe and prompt")
     p.add_argument("--gpu", metavar="IDS", help="comma-separated CUDA device ids (default: first GPU if any, else CPU)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted paths and list indices: system.guidance.0.guidance_scale=7.5")
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         overrides = list(args.overrides) + (["trainer.progress_bar=false"] if args.quiet else [])
-        cfg, raw = load_config(args.config, overrides)
+        cfg, raw = load_config(_config_path(args), overrides)
         from .systems import runner
 
         need_ckpt = args.test or args.export
@@ -76,6 +76,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
+
+
+def _config_path(args) -> str:
+    """--config, or for --test/--export --resume PATH the config.yaml saved in that run's folder."""
+    from pathlib import Path
+
+    from .config import ConfigError
+
+    if args.config:
+        return args.config
+    if (args.test or args.export) and args.resume and args.resume != "auto":
+        ckpt = Path(args.resume)
+        run = ckpt if ckpt.is_dir() else ckpt.parent.parent if ckpt.parent.name == "ckpts" else ckpt.parent
+        if (run / "config.yaml").is_file():
+            return str(run / "config.yaml")
+        raise ConfigError(f"--resume {args.resume!r}: no config.yaml in its run folder {str(run)!r}; pass --config")
+    raise ConfigError("--config is required (or --test/--export with --resume RUN_FOLDER or PATH/TO/ckpts/last.ckpt, which reads the run's config.yaml)")
 
 
 if __name__ == "__main__":  # pragma: no cover

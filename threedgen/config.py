@@ -257,11 +257,49 @@ class TrainerConfig:
 
 @dataclass
 class ExportConfig:
-    formats: list[Literal["glb", "obj"]] = field(default_factory=lambda: ["glb", "obj"])
+    """What ``--export`` (and the end of training) writes into the run's ``export/``; see docs/export.md."""
+
+    formats: list[Literal["glb", "obj", "ply", "splat", "spz", "splat_glb"]] = field(
+        default_factory=lambda: ["glb", "obj", "ply", "splat", "spz", "splat_glb"]
+    )
+    """Mesh formats (glb, obj) for every representation; splat formats (ply, splat, spz, splat_glb) for Gaussian scenes."""
     resolution: int = 128
     """Marching-cubes grid resolution."""
     threshold: Union[float, Literal["auto"]] = "auto"
+    """Isosurface level (density units of the representation); auto: where renders put the surface."""
     pivot: Literal["center", "bottom"] = "center"
+    """center: keep the world origin; bottom: origin at the bottom centre of the mesh's bounding box."""
+    size_m: Optional[float] = None
+    """Scale the mesh uniformly to this height in metres (None: keep scene units = metres)."""
+    target_faces: int = 50000
+    """Quadric decimation target before UV unwrapping (0: no decimation)."""
+    min_component_fraction: float = 0.05
+    """Drop connected components with fewer faces than this fraction of the largest one (floaters)."""
+    texture_size: int = 1024
+    """Base-colour texture width = height in pixels."""
+    dilation: int = 8
+    """Texels of colour bled outwards from each UV island (the rest of the texture is filled by push-pull)."""
+    metallic: float = 0.0
+    roughness: float = 0.9
+    splat_axes: Literal["rdf", "rub"] = "rdf"
+    """Frame of gaussians.ply / .splat: rdf = INRIA/COLMAP (what splat viewers expect), rub = world (+Y up)."""
+
+    def __post_init__(self):
+        checks = [
+            ("resolution", 16 <= self.resolution <= 1024, "an int in [16, 1024]"),
+            ("target_faces", self.target_faces == 0 or self.target_faces >= 100, "0 (off) or at least 100"),
+            ("min_component_fraction", 0.0 <= self.min_component_fraction <= 1.0, "a fraction in [0, 1]"),
+            ("texture_size", 16 <= self.texture_size <= 8192, "an int in [16, 8192], e.g. 1024 or 2048"),
+            ("dilation", self.dilation >= 0, "an int >= 0"),
+            ("metallic", 0.0 <= self.metallic <= 1.0, "a value in [0, 1]"),
+            ("roughness", 0.0 <= self.roughness <= 1.0, "a value in [0, 1]"),
+            ("size_m", self.size_m is None or self.size_m > 0, "null or a height in metres > 0"),
+            ("threshold", self.threshold == "auto" or self.threshold > 0, "'auto' or a density > 0"),
+            ("formats", len(self.formats) > 0, "a non-empty list, e.g. [glb, obj]"),
+        ]
+        for key, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"export.{key}: expected {expected}, got {getattr(self, key)!r}")
 
 
 @dataclass

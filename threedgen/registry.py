@@ -97,6 +97,7 @@ _BUILTIN = {
     },
     "exporter": {
         "mesh": "threedgen.export.mesh:MeshExporter",
+        "gaussians": "threedgen.export.splats:SplatExporter",
     },
     "regulariser": {
         "opacity_sparsity": "threedgen.representations.regularisers:OpacitySparsity",

@@ -1,13 +1,17 @@
-"""Mesh export: the representation's isosurface as GLB and OBJ (+Y up, metres, front +Z).
+"""Textured mesh export: representation -> cleaned, decimated, UV-unwrapped, baked mesh -> GLB and OBJ.
 
-The world convention is glTF's, so no axis shuffle is needed. Colours are per-vertex
-(COLOR_0 in GLB, ``v x y z r g b`` in OBJ); texture baking belongs to the export pipeline issue.
+Stages (each logged with its time): extraction (``extract``), floater removal (``cleanup``),
+decimation (``decimate``), UV unwrap + albedo bake + seam dilation (``bake``), placement (pivot,
+size), then the writers (``gltf``, ``obj``). Output is glTF's frame, which is the world frame:
++Y up, metres, front +Z, so no axis shuffle. Everything is encoded in memory first and written
+with ``files.write_files``, so a failure leaves the previous export untouched.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,16 +19,19 @@ import numpy as np
 
 log = logging.getLogger("threedgen")
 
+MESH_FORMATS = ("glb", "obj")
+TEXTURE_NAME = "model_basecolor.png"
+
 
 def build_trimesh(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray | None, pivot: str = "center"):
+    """A vertex-coloured ``trimesh.Trimesh`` (quick previews; the exporter writes textured meshes)."""
     import trimesh
 
     if len(faces) == 0:
         raise ValueError("the mesh is empty (no faces): nothing to export; train longer or lower export.threshold")
     v = np.asarray(vertices, dtype=np.float32).copy()
     if pivot == "bottom":
-        v[:, 1] -= v[:, 1].min()
-        v[:, [0, 2]] -= (v[:, [0, 2]].max(0) + v[:, [0, 2]].min(0)) / 2
+        v = v - pivot_offset(v, "bottom")
     vc = None
     if colours is not None:
         vc = (np.clip(colours, 0, 1) * 255 + 0.5).astype(np.uint8)
@@ -34,10 +41,100 @@ def build_trimesh(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray |
     return mesh
 
 
-class MeshExporter:
-    """Registered exporter: isosurface -> ``model.glb`` / ``model.obj`` in the run's ``export/``.
+@dataclass
+class TexturedMesh:
+    """A mesh ready to write: per-corner-shared vertices (seams split), top-left-origin UVs."""
 
-    Its settings are the run's ``export`` section (formats, resolution, threshold, pivot).
+    positions: np.ndarray  # [V,3] float32, metres, +Y up
+    normals: np.ndarray  # [V,3] float32 unit
+    uv: np.ndarray  # [V,2] float32, v down
+    faces: np.ndarray  # [F,3] int64, counter-clockwise seen from outside
+    texture: np.ndarray  # [T,T,3] uint8 sRGB
+    timings: dict
+
+
+@contextmanager
+def _stage(name: str, timings: dict):
+    t0 = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - t0
+
+
+def pivot_offset(v: np.ndarray, pivot: str) -> np.ndarray:
+    """Point that becomes the origin: the world origin ('center') or the bounding box's bottom centre ('bottom')."""
+    if pivot == "center":
+        return np.zeros(3, dtype=v.dtype)
+    lo, hi = v.min(0), v.max(0)
+    return np.array([(lo[0] + hi[0]) / 2, lo[1], (lo[2] + hi[2]) / 2], dtype=v.dtype)
+
+
+def place(v: np.ndarray, pivot: str, size_m: float | None) -> np.ndarray:
+    """Move the pivot to the origin and, if ``size_m`` is set, scale uniformly to that height (Y extent)."""
+    out = v - pivot_offset(v, pivot)
+    if size_m is not None:
+        height = float(v[:, 1].max() - v[:, 1].min())
+        if height <= 0:
+            raise ValueError("export.size_m cannot scale a mesh of zero height")
+        out = out * (size_m / height)
+    return out.astype(np.float32)
+
+
+def build_textured_mesh(representation, cfg) -> TexturedMesh:
+    """Run every stage on ``representation`` with the ``export`` config ``cfg``."""
+    from .bake import bake_albedo, unwrap, vertex_normals
+    from .cleanup import keep_large_components
+    from .decimate import decimate
+    from .extract import extract_surface
+
+    t: dict = {}
+    with _stage("extraction", t):
+        v, f = extract_surface(representation, cfg.resolution, cfg.threshold)
+    thr = getattr(representation, "last_threshold", None)
+    log.info("export: extraction %.2fs: %d vertices, %d faces (threshold %s)", t["extraction"], len(v), len(f), f"{thr:.4g}" if thr else cfg.threshold)
+    with _stage("cleanup", t):
+        v, f, dropped = keep_large_components(v, f, cfg.min_component_fraction)
+    log.info("export: cleanup %.2fs: dropped %d small components, %d faces left", t["cleanup"], dropped, len(f))
+    with _stage("decimation", t):
+        v, f = decimate(v, f, cfg.target_faces)
+    log.info("export: decimation %.2fs: %d faces (target %s)", t["decimation"], len(f), cfg.target_faces or "off")
+    with _stage("unwrap", t):
+        vmap, fuv, uv = unwrap(v, f, cfg.texture_size)
+    log.info("export: unwrap %.2fs: %d UV vertices", t["unwrap"], len(uv))
+    with _stage("bake", t):
+        positions = v[vmap]
+        tex, _ = bake_albedo(representation, positions, fuv, uv, cfg.texture_size, cfg.dilation)
+        normals = vertex_normals(v, f)[vmap]  # from the unsplit mesh: no shading crease along UV seams
+    log.info("export: bake %.2fs: %dx%d texture", t["bake"], cfg.texture_size, cfg.texture_size)
+    texture = (tex.numpy() * 255 + 0.5).astype(np.uint8)
+    return TexturedMesh(place(positions, cfg.pivot, cfg.size_m), normals, uv, fuv, texture, t)
+
+
+def encode_textured_mesh(mesh: TexturedMesh, cfg) -> dict[str, bytes]:
+    """{file name: bytes} for the mesh formats in ``cfg.formats``."""
+    import imageio.v3 as iio
+
+    from .gltf import textured_mesh_glb
+    from .obj import textured_mesh_obj
+
+    t0 = time.perf_counter()
+    png = iio.imwrite("<bytes>", mesh.texture, extension=".png")
+    files: dict[str, bytes] = {}
+    if "glb" in cfg.formats:
+        files["model.glb"] = textured_mesh_glb(mesh.positions, mesh.normals, mesh.uv, mesh.faces, png, cfg.metallic, cfg.roughness)
+    if "obj" in cfg.formats:
+        files["model.obj"], files["model.mtl"] = textured_mesh_obj(mesh.positions, mesh.normals, mesh.uv, mesh.faces, "model.mtl", TEXTURE_NAME)
+        files[TEXTURE_NAME] = png
+    mesh.timings["write"] = time.perf_counter() - t0
+    log.info("export: encoded %s in %.2fs", ", ".join(files), mesh.timings["write"])
+    return files
+
+
+class MeshExporter:
+    """Registered exporter ``mesh``: textured ``model.glb`` and ``model.obj`` (+ ``.mtl`` + PNG).
+
+    Works for any representation with ``isosurface(resolution, threshold)`` and ``albedo_at(points)``
+    (NeRF, DMTet; Gaussians through ``splat_field.SplatField``). Its settings are the run's
+    ``export`` section.
     """
 
     @dataclass
@@ -47,22 +144,13 @@ class MeshExporter:
     def __init__(self, cfg=None):
         self.cfg = cfg
 
+    def encode(self, representation, export_cfg) -> dict[str, bytes]:
+        if not any(f in export_cfg.formats for f in MESH_FORMATS):
+            return {}
+        return encode_textured_mesh(build_textured_mesh(representation, export_cfg), export_cfg)
+
     def __call__(self, representation, export_cfg, folder: Path) -> list[Path]:
-        return export_mesh(representation, export_cfg, folder)
+        from .files import check_writable, write_files
 
-
-def export_mesh(representation, cfg, folder: Path) -> list[Path]:
-    """Write ``cfg.formats`` of the representation's isosurface into ``folder`` (atomic per file)."""
-    v, f, c = representation.isosurface(resolution=cfg.resolution, threshold=cfg.threshold)
-    thr = getattr(representation, "last_threshold", cfg.threshold)
-    log.info("isosurface: %d vertices, %d faces (threshold %s)", len(v), len(f), thr)
-    mesh = build_trimesh(v, f, c, pivot=cfg.pivot)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for fmt in cfg.formats:
-        path = folder / f"model.{fmt}"
-        tmp = folder / f".model.tmp.{fmt}"
-        mesh.export(tmp, file_type=fmt)
-        os.replace(tmp, path)
-        written.append(path)
-    return written
+        check_writable(folder)
+        return write_files(folder, self.encode(representation, export_cfg))

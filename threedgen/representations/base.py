@@ -21,3 +21,7 @@ class Representation(nn.Module):
     def isosurface(self, resolution: int = 128, threshold="auto"):
         """(vertices [V,3], faces [F,3], vertex colours [V,3]) numpy arrays; raises on an empty scene."""
         raise NotImplementedError(f"{type(self).__name__} cannot produce a mesh")
+
+    def albedo_at(self, points):
+        """Lighting-free colour [N,3] in [0,1] at world points [N,3] (torch); texture baking samples it."""
+        raise NotImplementedError(f"{type(self).__name__} has no colour field to bake a texture from")

@@ -260,15 +260,22 @@ class NeRF(Representation):
         faces = faces.astype(np.int64)
         if _signed_volume(verts, faces) < 0:  # outward-facing winding
             faces = faces[:, ::-1].copy()
+        colours = self.albedo_at(torch.from_numpy(verts)).numpy()
+        return verts, faces, colours
+
+    @torch.no_grad()
+    def albedo_at(self, points: torch.Tensor) -> torch.Tensor:
+        """Albedo [N,3] in [0,1] (CPU float32) at world points [N,3]: the colour field that texture baking samples.
+
+        A view-dependent NeRF is queried as seen from outside along the ray towards the centre.
+        """
         dev = self.grid.params.device
-        vt = torch.from_numpy(verts).to(dev)
         cols = []
-        for c in vt.split(self.cfg.isosurface_chunk):
-            density, geo = self._trunk(c)
+        for c in points.to(dev, torch.float32).split(self.cfg.isosurface_chunk):
+            _, geo = self._trunk(c)
             dirs = -F.normalize(c, dim=-1) if self.cfg.view_dependent else None
             cols.append(self._albedo(geo, dirs))
-        colours = torch.cat(cols).float().cpu().numpy()
-        return verts, faces, colours
+        return torch.cat(cols).float().cpu() if cols else torch.zeros(0, 3)
 
 
 def _otsu(values: torch.Tensor, bins: int = 256) -> tuple[float, float]:

@@ -93,6 +93,8 @@ def resolve_run(cfg: RunConfig, resume: Optional[str], need_ckpt: bool) -> tuple
         return run, ckpt
     if resume:
         ckpt = Path(resume)
+        if ckpt.is_dir():  # a run folder: its last checkpoint
+            ckpt = ckpt / "ckpts" / "last.ckpt"
         check_checkpoint(ckpt)
         run = ckpt.parent.parent if ckpt.parent.name == "ckpts" else ckpt.parent
         return run, ckpt
@@ -257,7 +259,29 @@ def test_renders(system, cfg: RunConfig, run_dir: Path) -> Path:
 
 
 def export(system, cfg: RunConfig, run_dir: Path) -> list[Path]:
-    from .. import registry
+    """Write ``cfg.export.formats`` into ``run_dir/export``: all files or none (see export/files.py).
 
-    exporter = registry.get("exporter", "mesh")()
-    return exporter(system.representation, cfg.export, run_dir / "export")
+    A representation with ``splat_data()`` (Gaussians) gets the splat formats plus a textured mesh
+    of its density field; any other (NeRF, DMTet) gets the textured mesh of its own isosurface.
+    """
+    from .. import registry
+    from ..export.files import check_writable, write_files
+
+    folder = run_dir / "export"
+    check_writable(folder)  # before minutes of meshing
+    rep = system.representation
+    files: dict = {}
+    surface = rep
+    if hasattr(rep, "splat_data"):
+        from ..export.splat_field import SplatField
+
+        files.update(registry.get("exporter", "gaussians")().encode(rep, cfg.export))
+        surface = SplatField(rep.splat_data())
+    else:
+        skipped = [f for f in cfg.export.formats if f not in ("glb", "obj")]
+        if skipped:
+            log.info("export: %s skipped: %s has no Gaussians", ", ".join(skipped), type(rep).__name__)
+    files.update(registry.get("exporter", "mesh")().encode(surface, cfg.export))
+    if not files:
+        raise ValueError(f"export.formats {cfg.export.formats} produce no file for a {type(rep).__name__}; add glb or obj")
+    return write_files(folder, files)
