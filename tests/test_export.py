@@ -466,6 +466,26 @@ def test_nerf_export_through_runner_skips_splat_formats(tmp_path, caplog):
         assert f"export: {stage}" in caplog.text
 
 
+def test_dmtet_exports_its_own_mesh_textured_and_valid(tmp_path):
+    """DMTet skips marching cubes: its marching-tets surface is what gets unwrapped and baked."""
+    import trimesh
+
+    from threedgen.representations.dmtet import DMTet
+
+    torch.manual_seed(0)
+    grid = {"n_levels": 4, "log2_hashmap_size": 12, "base_resolution": 8, "max_resolution": 32}
+    rep = DMTet(from_dict(DMTet.Config, {"tet_resolution": 16, "init_radius": 0.4, "albedo_grid": grid, "mlp_width": 16,
+                                         "tet_cache_dir": str(tmp_path / "tets")}))
+    c = from_dict(ExportConfig, {"texture_size": 64, "target_faces": 400, "formats": ["glb"]})
+    (path,) = runner.export(SimpleNamespace(representation=rep), SimpleNamespace(export=c), tmp_path)
+    issues = validate_glb(path)
+    assert issues["numErrors"] == 0 and issues["numWarnings"] == 0, issues["messages"][:5]
+    mesh = trimesh.load(path, force="mesh")
+    assert mesh.visual.kind == "texture" and len(mesh.faces) <= 400
+    radii = np.linalg.norm(mesh.vertices - mesh.vertices.mean(0), axis=1)
+    assert 0.3 < radii.mean() < 0.45  # the initial sphere of radius 0.4, on a 16-cell grid
+
+
 def test_export_resume_accepts_a_run_folder_and_reads_its_config(tmp_path):
     from threedgen.cli import _config_path
     from threedgen.config import load_config

@@ -143,7 +143,8 @@ def bake_albedo(representation, positions: np.ndarray, faces: np.ndarray, uv: np
         raise ValueError("the UV atlas covers no texel; raise export.texture_size")
     corners = torch.from_numpy(positions).float()[torch.from_numpy(faces)[tri[covered]]]  # [N,3,3]
     points = (bary[covered][..., None] * corners).sum(1)
-    colour = torch.as_tensor(representation.albedo_at(points)).float().cpu()
+    with torch.no_grad():  # a query, not training: some fields (DMTet) return tensors that track gradients
+        colour = torch.as_tensor(representation.albedo_at(points)).float().cpu()
     if colour.shape != points.shape:
         raise ValueError(f"albedo_at returned shape {tuple(colour.shape)} for {tuple(points.shape)} points; expected [N,3]")
     if not bool(torch.isfinite(colour).all()):
