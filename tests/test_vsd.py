@@ -376,12 +376,12 @@ def test_particles_share_one_lora_and_keep_particle_zero_keys(tiny_sd_path):
 
 @pytest.mark.slow
 def test_vsd_recipe_launch_checkpoints_the_lora_and_resume_restores_it(tiny_sd_path, tiny_sd_v_path, tmp_path, monkeypatch):
-    """configs/prolificdreamer.yaml on tiny stand-ins (v-prediction LoRA base), 2 steps through
+    """configs/prolificdreamer.yaml's VSD stage (``stages=[]`` drops the DMTet stages) on tiny stand-ins (v-prediction LoRA base), 2 steps through
     launch.py, then resumed to 3: the checkpoint holds the LoRA and camera MLP (and their Adam
     state) but no frozen UNet weight; the resumed run continues the LoRA's optimizer state."""
     from threedgen.systems.runner import load_system
 
-    small = ["trainer.max_steps=2", "trainer.val_every=0", "trainer.export_at_end=false", "trainer.test_views=2",
+    small = ["trainer.max_steps=2", "stages=[]", "trainer.val_every=0", "trainer.export_at_end=false", "trainer.test_views=2",
              "trainer.test_resolution=8", "data.width=16", "data.height=16", "system.representation.grid.n_levels=2",
              "system.representation.grid.log2_hashmap_size=8", "system.representation.grid.max_resolution=16",
              "system.renderer.num_samples_per_ray=8", "system.background.hidden=8",
