@@ -84,6 +84,11 @@ _BUILTIN = {
     "guidance": {
         "sds": "threedgen.guidance.sds:SDSGuidance",
         "photometric": "threedgen.guidance.photometric:PhotometricGuidance",
+        "csd": "threedgen.guidance.csd:CSDGuidance",
+        "csm": "threedgen.guidance.csm:CSMGuidance",
+        "cds": "threedgen.guidance.cds:CDSGuidance",
+        "ism": "threedgen.guidance.ism:ISMGuidance",
+        "sdi": "threedgen.guidance.sdi:SDIGuidance",
     },
     "prompt_processor": {
         "default": "threedgen.prompts.processor:PromptProcessor",
