@@ -352,3 +352,26 @@ def test_consistent3d_recipe_runs_on_tiny_sd(tiny_sd_path, tmp_path):
     ck = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
     (key,) = [k for k in ck["state_dict"] if k.endswith("fixed_noise")]
     assert ck["state_dict"][key].shape == (1, 4, 8, 8)
+
+
+# ---- the contract every score objective keeps ----------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["csd", "csm", "cds", "ism", "sdi"])
+def test_objective_contract_on_latent_v_prior(name, sd_v_prior):
+    """Latent (VAE) v-prediction prior: finite loss named loss_<name>, gradient reaches the render and
+    not the prior, nothing trainable, the config round-trips through plain data."""
+    from threedgen.config import to_plain
+
+    prompts = PromptProcessor(PromptProcessor.Config(prompt="a red cube")).bundle(sd_v_prior)
+    g = _guidance(name, sd_v_prior)
+    rgb = torch.rand(B, 3, 24, 24, requires_grad=True)
+    out = g(GuidanceInput(rgb=rgb, cameras=_cams()), prompts, step=10)
+    assert [k for k in out if k.startswith("loss_")] == [f"loss_{name}"]
+    assert torch.isfinite(out[f"loss_{name}"]) and out["nonfinite"].item() == 0
+    out[f"loss_{name}"].backward()
+    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+    assert not any(p.grad is not None for p in sd_v_prior.unet.parameters())
+    assert g.param_groups() == [] and list(g.parameters()) == []
+    cls = type(g)
+    assert to_plain(from_dict(cls.Config, to_plain(g.cfg))) == to_plain(g.cfg)
