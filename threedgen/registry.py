@@ -72,9 +72,11 @@ def _check_category(category: str) -> None:
 _BUILTIN = {
     "representation": {
         "nerf": "threedgen.representations.nerf:NeRF",
+        "dmtet": "threedgen.representations.dmtet:DMTet",
     },
     "renderer": {
         "volume": "threedgen.renderers.volume:VolumeRenderer",
+        "mesh": "threedgen.renderers.mesh:MeshRenderer",
     },
     "background": {
         "solid": "threedgen.renderers.background:SolidBackground",
@@ -84,6 +86,8 @@ _BUILTIN = {
     "guidance": {
         "sds": "threedgen.guidance.sds:SDSGuidance",
         "photometric": "threedgen.guidance.photometric:PhotometricGuidance",
+        "vsd": "threedgen.guidance.vsd:VSDGuidance",
+        "esd": "threedgen.guidance.esd:ESDGuidance",
         "csd": "threedgen.guidance.csd:CSDGuidance",
         "csm": "threedgen.guidance.csm:CSMGuidance",
         "cds": "threedgen.guidance.cds:CDSGuidance",
@@ -104,6 +108,8 @@ _BUILTIN = {
         "orientation": "threedgen.representations.regularisers:Orientation",
         "opaqueness": "threedgen.representations.regularisers:Opaqueness",
         "z_variance": "threedgen.representations.regularisers:ZVariance",
+        "normal_consistency": "threedgen.representations.mesh_regularisers:NormalConsistency",
+        "laplacian_smoothness": "threedgen.representations.mesh_regularisers:LaplacianSmoothness",
     },
 }
 for _cat, _entries in _BUILTIN.items():

@@ -20,6 +20,7 @@ import torch
 from ..config import ModuleSpec, module, module_list
 from ..data.cameras import CameraBatch, CameraConfig, RandomCameraSampler, orbit_cameras
 from ..guidance.base import GuidanceInput
+from ..renderers.base import RenderOutput
 from ..schedule import Schedule
 
 log = logging.getLogger("threedgen")
@@ -51,6 +52,13 @@ class GenerationSystem(pl.LightningModule):
         """Force a shading mode for training renders (None: the renderer's own setting)."""
         val_views: int = 4
         val_resolution: int = 64
+        particles: int = 1
+        """Independent scenes optimised together (ProlificDreamer's VSD particles; the paper uses up to 8).
+        Each has its own representation and renderer state and its own random cameras; they share the
+        background and the guidances (VSD: one LoRA). Validation, test renders and export use particle 0."""
+        particle_mode: Literal["all", "round_robin"] = "all"
+        """'all': each step renders every particle and the guidances see one batch of all the renders;
+        'round_robin': step s renders particle s mod n only (cheaper steps, each particle trained 1/n as often)."""
 
     def __init__(self, cfg: "GenerationSystem.Config", cameras: CameraConfig, seed: int = 0):
         super().__init__()
@@ -59,6 +67,14 @@ class GenerationSystem(pl.LightningModule):
         self.sampler = RandomCameraSampler(cameras, seed)
         self.representation = cfg.representation.build()
         self.renderer = cfg.renderer.build()
+        if cfg.particles < 1:
+            raise ValueError(f"system.particles must be >= 1 (the number of independent scenes), got {cfg.particles}")
+        # Particles 1..n-1 (particle 0 keeps the single-scene names, so its checkpoint keys are unchanged);
+        # each needs its own renderer too, which holds per-scene state (the occupancy grid).
+        self.extra_particles = torch.nn.ModuleList(
+            torch.nn.ModuleDict({"representation": cfg.representation.build(), "renderer": cfg.renderer.build()})
+            for _ in range(cfg.particles - 1)
+        )
         self.background = cfg.background.build()
         self.guidances = torch.nn.ModuleList([g.build() for g in cfg.guidance])
         self.regularisers = torch.nn.ModuleList([r.build() for r in cfg.regularisers])
@@ -89,7 +105,10 @@ class GenerationSystem(pl.LightningModule):
 
     # ---- optimisation ----------------------------------------------------------------------
     def param_groups(self) -> list[dict]:
-        groups = list(self.representation.param_groups()) + list(self.background.param_groups())
+        groups = list(self.representation.param_groups())
+        for i in range(1, self.cfg.particles):
+            groups += [{**pg, "name": f"{pg.get('name', 'representation')}.p{i}"} for pg in self.particle(i)[0].param_groups()]
+        groups += list(self.background.param_groups())
         for i, g in enumerate(self.guidances):
             for pg in g.param_groups():
                 groups.append({"name": f"guidance{i}", **pg})
@@ -119,19 +138,47 @@ class GenerationSystem(pl.LightningModule):
         for opt in self.trainer.optimizers:
             for pg, sched in zip(opt.param_groups, self._lr_schedules):
                 pg["lr"] = sched(step)
-        self.representation.update_step(self.current_epoch, step)
+        for i in range(self.cfg.particles):
+            self.particle(i)[0].update_step(self.current_epoch, step)
         for g in self.guidances:
             g.update_step(self.current_epoch, step)
 
     # ---- one step --------------------------------------------------------------------------
-    def render(self, cameras: CameraBatch, shading: Optional[str] = None):
-        return self.renderer(self.representation, cameras, self.background, shading=shading)
+    def particle(self, i: int):
+        """(representation, renderer) of particle ``i`` (0 is ``self.representation``/``self.renderer``)."""
+        if i == 0:
+            return self.representation, self.renderer
+        p = self.extra_particles[i - 1]
+        return p["representation"], p["renderer"]
+
+    def render(self, cameras: CameraBatch, shading: Optional[str] = None, particle: int = 0):
+        representation, renderer = self.particle(particle)
+        return renderer(representation, cameras, self.background, shading=shading)
+
+    def _render_particles(self, step: int):
+        """This step's training renders: ``(out, cams, parts)`` with the particles' renders concatenated
+        along the batch and ``parts`` = [(particle, cams, render)] for regularisers and ``after_step``."""
+        n = self.cfg.particles
+        ids = list(range(n)) if self.cfg.particle_mode == "all" else [step % n]
+        if ids == [0]:
+            cams = self.sampler.sample(step).to(self.device)
+            out = self.render(cams, shading=self.cfg.shading)
+            return out, cams, [(0, cams, out)]
+        B = len(self.sampler.sample(step))
+        cams = self.sampler.sample(step, batch_size=B * len(ids)).to(self.device)  # one draw, split per particle
+        parts = []
+        for k, i in enumerate(ids):
+            c = cams[k * B : (k + 1) * B]
+            parts.append((i, c, self.render(c, shading=self.cfg.shading, particle=i)))
+        outs = [p[2] for p in parts]
+        cat = lambda name: None if getattr(outs[0], name) is None else torch.cat([getattr(o, name) for o in outs])  # noqa: E731
+        out = RenderOutput(rgb=cat("rgb"), alpha=cat("alpha"), depth=cat("depth"), normal=cat("normal"))
+        return out, cams, parts
 
     def training_step(self, batch, batch_idx):
         self.prepare_prompts()
         step = self.global_step
-        cams = self.sampler.sample(step).to(self.device)
-        out = self.render(cams, shading=self.cfg.shading)
+        out, cams, parts = self._render_particles(step)
         inp = GuidanceInput(rgb=out.rgb, cameras=cams, alpha=out.alpha, depth=out.depth, normal=out.normal)
         total = torch.zeros((), device=self.device)
         logs: dict[str, float] = {}
@@ -152,13 +199,15 @@ class GenerationSystem(pl.LightningModule):
             w = w_sched(step)
             if w == 0:
                 continue
-            v = reg(out, self.representation, cams)
+            # mean over particles: each particle's regulariser-vs-guidance balance is the single-scene one
+            v = sum(reg(o, self.particle(i)[0], c) for i, c, o in parts) / len(parts)
             total = total + w * v
             logs[f"train/reg_{name}"] = float(v.detach())
             logs[f"train/w_reg_{name}"] = w
         logs["train/loss"] = float(total.detach())
         logs["train/alpha_mean"] = float(out.alpha.detach().mean())
-        self._last_render = out
+        self._last_render = parts[0][2]
+        self._particle_renders = parts
         self._step_logs = logs
         return total
 
@@ -174,7 +223,8 @@ class GenerationSystem(pl.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx):
         step = self.global_step  # already incremented by the optimizer step
         with torch.no_grad():
-            self.representation.after_step(step, getattr(self, "_last_render", None))
+            for i, _, render in getattr(self, "_particle_renders", [(0, None, None)]):
+                self.particle(i)[0].after_step(step, render)
         for hook in self.output_hooks:
             hook(self, step)
 

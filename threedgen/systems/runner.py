@@ -137,10 +137,11 @@ def train(cfg: RunConfig, raw: dict, run_dir: Path, resume_ckpt: Optional[Path],
     resume_stage, _ = _stage_state(resume_ckpt)
     accelerator, devices = _accelerator(gpu)
     system = prev = None
+    prev_system = None  # the previous stage's system when it was trained in this process
     for i, stage in enumerate(stages):
         if stage.final.is_file() and resume_ckpt is not None and stage.name != resume_stage:
             log.info("stage %s already complete; skipping", stage.name)
-            prev = stage
+            prev, prev_system = stage, None
             continue
         system = build_system(stage.cfg)  # loads priors: a bad model path fails before anything is written
         if not (run_dir / "config.yaml").is_file():
@@ -151,7 +152,8 @@ def train(cfg: RunConfig, raw: dict, run_dir: Path, resume_ckpt: Optional[Path],
         if resume_ckpt is not None and stage.name == resume_stage:
             ckpt_path = str(resume_ckpt)
         elif prev is not None:
-            _init_from_previous(system, prev)
+            _init_from_previous(system, prev, prev_system)
+        prev_system = None  # release the previous stage (GPU memory) once this one is initialised
         callbacks = [
             AtomicCheckpoint(stage.ckpt, stage.cfg.trainer.ckpt_every, stage.name),
             MetricsCSV(run_dir / "metrics.csv", stage.cfg.trainer.log_every, stage.name),
@@ -181,7 +183,7 @@ def train(cfg: RunConfig, raw: dict, run_dir: Path, resume_ckpt: Optional[Path],
 
         if stage.final != stage.ckpt:
             atomic_save_checkpoint(trainer, stage.final)
-        prev = stage
+        prev, prev_system = stage, system
     if system is None:  # every stage was already complete
         system = load_system(stages[-1].cfg, stages[-1].final)
     return system
@@ -198,9 +200,11 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
-def _init_from_previous(system, prev: Stage) -> None:
-    """Start a stage from the previous stage's result (converted if the representation differs)."""
-    prev_system = load_system(prev.cfg, prev.final)
+def _init_from_previous(system, prev: Stage, prev_system=None) -> None:
+    """Start a stage from the previous stage's result (converted if the representation differs):
+    the in-memory system when the previous stage ran in this process, else its final checkpoint."""
+    if prev_system is None:
+        prev_system = load_system(prev.cfg, prev.final)
     rep, src = system.representation, prev_system.representation
     convert = getattr(rep, "convert_from", None)
     if convert is not None:

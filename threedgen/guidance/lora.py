@@ -1,0 +1,119 @@
+"""VSD's ε_φ network: a camera-conditioned PEFT LoRA on a frozen diffusers UNet (ProlificDreamer §3.1).
+
+The LoRA model is a *structural* copy of the prior's UNet whose base weights are the prior's own
+tensors (``copy.deepcopy`` with every parameter and buffer pre-seeded in the memo), so it costs no
+second copy of the weights. PEFT's ``add_adapter`` then wraps ``to_q/to_k/to_v/to_out.0`` of the
+copy only, and the camera MLP becomes the copy's ``class_embedding``. The prior's UNet is never
+modified, so every other guidance sharing the prior (``get_prior`` caches one per model) and VSD's
+own frozen pass run the untouched network -- no adapter toggling, whose PEFT implementation also
+flips ``requires_grad`` and would silently drop LoRA gradients taken before the toggle.
+
+Only the LoRA matrices and the camera MLP are registered submodules: they are what a checkpoint
+holds and the optimizer trains; the frozen weights stay out of ``state_dict()``.
+
+Camera condition: the flattened ``c2w`` (16 numbers, DESIGN.md's OpenGL camera-to-world) through
+diffusers' ``TimestepEmbedding(16, time_embed_dim)`` (Linear-SiLU-Linear, as threestudio), added
+by the UNet to its timestep embedding; all zeros means "no camera".
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+CAMERA_DIM = 16
+
+
+class _Unregistered:
+    """Holds a module without making it a submodule (not in state_dict, parameters() or .to())."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+
+def camera_condition(c2w: torch.Tensor) -> torch.Tensor:
+    """``[B,4,4]`` camera-to-world -> ``[B,16]`` float32 camera condition (row-major flatten)."""
+    if c2w.dim() != 3 or c2w.shape[-2:] != (4, 4):
+        raise ValueError(f"camera condition needs c2w of shape [B,4,4], got {tuple(c2w.shape)}")
+    return c2w.reshape(c2w.shape[0], CAMERA_DIM).float()
+
+
+class CameraLoRAUNet(nn.Module):
+    """LoRA adapters + camera embedding on a weight-sharing copy of ``prior.unet``.
+
+    Args:
+        prior (`DiffusionPrior`): the LoRA's base model (the guidance's prior, or a separate one such
+            as SD 2.1-768 with v-prediction); predictions go through its ε/v/x0 conversion.
+        rank (`int`, defaults to 4): LoRA rank (ProlificDreamer and threestudio use 4).
+        alpha (`float`, optional): LoRA alpha; defaults to ``rank`` (scale 1).
+        targets (`Sequence[str]`, defaults to ``to_q, to_k, to_v, to_out.0``): attention projections adapted.
+    """
+
+    def __init__(self, prior, rank: int = 4, alpha: Optional[float] = None, targets: Sequence[str] = DEFAULT_TARGETS):
+        super().__init__()
+        from diffusers.models.embeddings import TimestepEmbedding
+        from peft import LoraConfig
+
+        if getattr(prior.cfg, "cpu_offload", False):
+            raise ValueError(
+                f"VSD/ESD cannot use prior.cpu_offload with {prior.model_id}: the LoRA model shares the "
+                "frozen UNet's weights and trains on them every step; set prior.cpu_offload=false"
+            )
+        unet = prior.unet
+        targets = tuple(targets)
+        def targeted(name: str, m: nn.Module) -> bool:
+            return isinstance(m, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)
+
+        if not any(targeted(n, m) for n, m in unet.named_modules()):
+            raise ValueError(
+                f"VSD needs attention layers to adapt, but the UNet of {prior.model_id} has no linear layer "
+                f"named {', '.join(targets)} (it has no attention blocks); use a UNet with "
+                "CrossAttn*/Transformer blocks, or set lora_targets to layers it has"
+            )
+        if unet.class_embedding is not None:
+            raise ValueError(
+                f"the UNet of {prior.model_id} already has a class embedding ({type(unet.class_embedding).__name__}); "
+                "VSD's camera condition needs that slot free"
+            )
+        shared = {id(t): t for t in itertools.chain(unet.parameters(), unet.buffers())}
+        lora_unet = copy.deepcopy(unet, shared)  # new module objects, the same weight tensors
+        lora_unet.add_adapter(
+            LoraConfig(r=int(rank), lora_alpha=float(alpha if alpha is not None else rank), target_modules=list(targets)),
+            adapter_name="vsd",
+        )
+        self.adapters = nn.ModuleDict()
+        for name, p in lora_unet.named_parameters():
+            if p.requires_grad:
+                owner = name.rsplit(".", 1)[0]
+                key = owner.replace(".", "_")
+                if key not in self.adapters:
+                    self.adapters[key] = lora_unet.get_submodule(owner)
+        for p in self.adapters.parameters():  # train in fp32 even when the frozen UNet is fp16
+            p.data = p.data.float()
+        time_dim = unet.time_embedding.linear_2.out_features
+        self.camera_embedding = TimestepEmbedding(CAMERA_DIM, time_dim).to(prior.device)
+        lora_unet.class_embedding = self.camera_embedding  # the UNet adds it to the timestep embedding
+        self._unet = _Unregistered(lora_unet)
+        # A view of the prior whose UNet is the adapted copy: same scheduler tables, same eps/v
+        # conversion and device handling in ``predict``; everything else is the prior's own.
+        self._prior = _Unregistered(copy.copy(prior))
+        self._prior.module.unet = lora_unet
+
+    @property
+    def unet(self) -> nn.Module:
+        """The adapted UNet (not a submodule: its frozen weights are the base prior's)."""
+        return self._unet.module
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, camera: torch.Tensor):
+        """ε_φ(x_t; emb, camera) as a ``Prediction`` (``eps``, ``x0``) in the base model's terms.
+
+        ``x_t`` ``[N,C,h,w]``, ``t`` ``[N]``, ``emb`` ``[N or 1,L,D]``, ``camera`` ``[N,16]`` (zeros: no
+        camera). Differentiable w.r.t. the LoRA and camera weights (wrap in ``no_grad`` for inference).
+        """
+        cam = camera.to(self.camera_embedding.linear_1.weight)
+        return self._prior.module.predict(x_t, t, emb, class_labels=cam)
