@@ -42,6 +42,8 @@ class Inversion:
     pred: Optional[Prediction]
     levels: torch.Tensor
     n_evals: int
+    trajectory: Optional[list] = None
+    """Every visited state, ``x`` at ``levels[0]`` first (with ``keep_trajectory``)."""
 
 
 def inversion_levels(s: torch.Tensor, max_strides: int = 5, stride: int = 200) -> torch.Tensor:
@@ -88,6 +90,7 @@ def invert_along(
     guidance_scale: ScaleLike = 1.0,
     eta: float = 0.0,
     generator: Optional[torch.Generator] = None,
+    keep_trajectory: bool = False,
 ) -> Inversion:
     """Walk ``x`` (at ``levels[0]``) through ``levels [n+1, B]``, one UNet call per stride.
 
@@ -97,11 +100,14 @@ def invert_along(
     x = x.float()
     levels = levels.to(prior.device)
     pred, n_evals = None, 0
+    traj = [x] if keep_trajectory else None
     for cur, nxt in zip(levels[:-1], levels[1:]):
         pred, n = _predict(prior, x, cur, cond, uncond, guidance_scale)
         n_evals += n
         x = _step(prior, x, cur, nxt, pred.eps, eta, generator)
-    return Inversion(x=x, pred=pred, levels=levels, n_evals=n_evals)
+        if traj is not None:
+            traj.append(x)
+    return Inversion(x=x, pred=pred, levels=levels, n_evals=n_evals, trajectory=traj)
 
 
 def ddim_invert(
