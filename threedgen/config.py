@@ -403,18 +403,37 @@ def _apply_override(base: Any, over: Any, path: str) -> Any:
     return base
 
 
-def load_raw(path: str | Path, overrides: list[str] | None = None) -> dict:
+def _read_yaml(p: Path, chain: tuple = ()) -> dict:
+    """A recipe file as a mapping; a top-level ``base: other.yaml`` (relative to this file) is read
+    first and this file's keys are merged over it (stage-override rules: mappings merge, lists and
+    mappings naming a different module replace), so a variant states only what differs."""
     import yaml
 
-    p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist; pass --config with a YAML recipe, e.g. configs/toy/sds-nerf.yaml")
+        where = f" (the base of {str(chain[-1])!r})" if chain else ""
+        raise ConfigError(f"config file {str(p)!r}{where} does not exist; pass --config with a YAML recipe, e.g. configs/toy/sds-nerf.yaml")
     try:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: the top level must be a mapping")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{p}: base: expected the path of a base recipe (relative to this file), got {base!r}")
+    bp = (p.parent / base).resolve()
+    if bp in chain or bp == p.resolve():
+        raise ConfigError(f"{p}: base {base!r} includes itself ({' -> '.join(str(c) for c in (*chain, p.resolve(), bp))})")
+    parent = _read_yaml(bp, (*chain, p.resolve()))
+    parent.pop("name", None)  # a variant is named after its own file unless it says otherwise
+    return _deep_merge(parent, raw)
+
+
+def load_raw(path: str | Path, overrides: list[str] | None = None) -> dict:
+    p = Path(path)
+    raw = _read_yaml(p)
     raw.setdefault("name", p.stem)
     return _apply_override(raw, parse_overrides(overrides or []), "")
 

@@ -88,6 +88,11 @@ _BUILTIN = {
         "photometric": "threedgen.guidance.photometric:PhotometricGuidance",
         "vsd": "threedgen.guidance.vsd:VSDGuidance",
         "esd": "threedgen.guidance.esd:ESDGuidance",
+        "csd": "threedgen.guidance.csd:CSDGuidance",
+        "csm": "threedgen.guidance.csm:CSMGuidance",
+        "cds": "threedgen.guidance.cds:CDSGuidance",
+        "ism": "threedgen.guidance.ism:ISMGuidance",
+        "sdi": "threedgen.guidance.sdi:SDIGuidance",
     },
     "prompt_processor": {
         "default": "threedgen.prompts.processor:PromptProcessor",

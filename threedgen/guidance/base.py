@@ -44,11 +44,14 @@ class Guidance(nn.Module):
         return {}
 
 
-def surrogate(z: torch.Tensor, grad: torch.Tensor, clip: Optional[float] = None) -> tuple[torch.Tensor, dict]:
+def surrogate(
+    z: torch.Tensor, grad: torch.Tensor, clip: Optional[float] = None, normalize: bool = False
+) -> tuple[torch.Tensor, dict]:
     """Loss whose gradient w.r.t. ``z`` is exactly ``grad / B``.
 
     ``grad`` is detached; NaN/Inf entries are zeroed (and counted), then it is clipped elementwise
-    to ``±clip`` if given. The loss value (0.5‖g‖²/B) is not a quality metric. Returns
+    to ``±clip`` if given, then (``normalize``, CSD's IF stage) divided by its L2 norm over the
+    whole batch tensor (``g / (‖g‖ + 1e-8)``). The loss value (0.5‖g‖²/B) is not a quality metric. Returns
     ``(loss, stats)`` with ``grad_norm`` and ``nonfinite`` counts.
     """
     grad = grad.detach()
@@ -57,6 +60,8 @@ def surrogate(z: torch.Tensor, grad: torch.Tensor, clip: Optional[float] = None)
     grad = torch.where(finite, grad, torch.zeros_like(grad))
     if clip is not None and clip > 0:
         grad = grad.clamp(-clip, clip)
+    if normalize:
+        grad = grad / (grad.norm() + 1e-8)
     target = (z - grad).detach()
     loss = 0.5 * ((z - target) ** 2).sum() / z.shape[0]
     stats = {"grad_norm": grad.flatten(1).norm(dim=1).mean().detach(), "nonfinite": nonfinite.detach().float()}

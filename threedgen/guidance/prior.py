@@ -610,17 +610,14 @@ class DiffusionPrior:
         """Deterministic DDIM inversion (eta = 0) of ``z`` (at noise level ``t_from``; ``-1`` or ``0``
         for a clean latent) up to ``t_to`` in ``n_steps`` equal steps. The UNet is evaluated at each
         current level (at ``max(t, 0)``) with CFG when ``uncond`` is given and the scale is not 1.
-        Returns ``x_{t_to}`` (and the list of intermediate states with ``return_trajectory``)."""
-        ts = torch.linspace(float(t_from), float(t_to), int(n_steps) + 1).round().long().tolist()
-        x = z.float()
-        traj = [x]
-        for t_cur, t_next in zip(ts[:-1], ts[1:]):
-            pred = self._guided(x, max(t_cur, 0), cond, uncond, guidance_scale)
-            a, b = self.alpha_sigma(self._t(t_cur, x.shape[0]), x.dim())
-            x0 = (x - b * pred.eps) / a
-            x = self.ddim_step(x, t_cur, t_next, pred.eps, x0=x0)
-            traj.append(x)
-        return (x, traj) if return_trajectory else x
+        Returns ``x_{t_to}`` (and the list of intermediate states with ``return_trajectory``).
+        The general form (per-sample levels, stride grids, eta) is ``guidance.inversion``."""
+        from .inversion import invert_along
+
+        ts = torch.linspace(float(t_from), float(t_to), int(n_steps) + 1).round().long()
+        levels = ts.view(-1, 1).expand(-1, z.shape[0])
+        inv = invert_along(self, z, levels, cond, uncond, guidance_scale, keep_trajectory=return_trajectory)
+        return (inv.x, inv.trajectory) if return_trajectory else inv.x
 
     @torch.no_grad()
     def sample(

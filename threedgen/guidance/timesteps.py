@@ -4,7 +4,8 @@ Ranges are given as fractions of the prior's schedule (``min_step_percent``/``ma
 each may be a ``Schedule``) and mapped to noise levels by the prior
 (``prior.percent_to_timestep``: ``floor(T * p)`` for DDPM-type priors). ``t`` is drawn uniformly
 from the inclusive integer range ``[floor(T * min), floor(T * max)]``, one per sample (threestudio
-SD/IF/VSD) or one shared by the whole batch (multi-view and video priors).
+SD/IF/VSD) or one shared by the whole batch (multi-view and video priors). ``consistency_pair``
+draws CDS's two adjacent levels inside the same range.
 """
 
 from __future__ import annotations
@@ -48,3 +49,20 @@ class TimestepSampler:
         n = batch_size if self.per_sample else 1
         t = torch.randint(self.min_step, self.max_step + 1, (n,), generator=generator)
         return t.expand(batch_size).contiguous().to(self.prior.device)
+
+    def consistency_pair(
+        self, batch_size: int, t_next: float, end_gap: int, perturb: int, generator: Optional[torch.Generator] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """CDS (Consistent3D ``compute_grad_consistency``): ``(t [B], t' [B])``.
+
+        ``t' = clamp(round(t_next), min_step, max_step - end_gap)``, one for the batch (``t_next`` is
+        the caller's annealed value); ``t = t' + U{end_gap, ..., end_gap + perturb - 1}`` per sample,
+        clamped to ``[min_step, max_step]``."""
+        if end_gap < 1 or perturb < 1:
+            raise ValueError(f"CDS needs end_gap >= 1 and perturb >= 1 (t > t'), got end_gap={end_gap}, perturb={perturb}")
+        lo, hi = self.min_step, self.max_step
+        tn = int(min(max(round(float(t_next)), lo), max(hi - end_gap, lo)))
+        gap = torch.randint(end_gap, end_gap + perturb, (batch_size,), generator=generator)
+        t = (tn + gap).clamp(lo, hi)
+        dev = self.prior.device
+        return t.to(dev), torch.full((batch_size,), tn, dtype=torch.long, device=dev)

@@ -1,0 +1,92 @@
+"""CDS: consistency distillation sampling (Consistent3D, Wu et al. CVPR 2024; derived from the
+official code sail-sg/Consistent3D ``stable_diffusion_guidance.py: compute_grad_consistency``,
+notes/guidance-objectives.md section 5).
+
+SDS is one step of a stochastic sampler; CDS instead takes two adjacent points of the
+deterministic probability-flow ODE started from ONE fixed noise, and uses the less noisy point's
+noise prediction as the target of the noisier one::
+
+    eps*  : drawn once per run from its own seeded generator; a buffer, so checkpoints keep it
+    t'    = t_next(step)  (sqrt anneal 700 -> 100 over the stage), clamped to [min, max - end_gap]
+    t     = t' + U{end_gap, ..., end_gap + perturb - 1}  (per sample), clamped to [min, max]
+    x_t   = a_t z + b_t eps*
+    eps_t = eps_cfg(x_t, t)                                      # 2B
+    x_t'  = a_t' x0_hat(x_t, eps_t) + b_t' eps_t                 # one Euler step of the PF-ODE
+    eps_t'= eps_cfg(x_t', t')                                    # 2B, after the first call
+    g     = w(t) (eps_t - eps_t')                                # w: uniform (coarse) or b_t^2
+    loss_cds = surrogate(z, g)
+
+The Euler step is written in the VE coordinates of the code (``x~ = x/a``, ``sigma~ = b/a``:
+``x~_t' = x~_t + (sigma~_t' - sigma~_t) eps_t``); rescaled by ``a_t'`` it is exactly the DDIM step
+``prior.ddim_step``, so it works unchanged for v-prediction priors. Sign (from the code, where
+``target = z + w (eps_t' - eps_t)``): gradient descent moves ``z`` along ``eps_t' - eps_t``. Since
+``x0_hat(x_t') - x0_hat(x_t) = sigma~_t' (eps_t - eps_t')``, that is the direction from the less
+noisy point's clean estimate towards the noisier point's; for Gaussian data it pulls the render
+towards the data mean (``g = s^2 (sigma~_t - sigma~_t') / (A_t A_t') (x~_t - mu)``,
+``A = s^2 + sigma~^2``; tests/test_score_objectives.py checks this closed form).
+
+``min/max_step_percent`` are the clamp range (Consistent3D's ``min/max_sigma_percent``: 0.1 / 0.98);
+the timestep is not drawn uniformly from them. CFG in diffusers' form: the code's 100 is 101 here.
+With ``recon_std_rescale = 0`` (the shipped default); the rescaled variant is not implemented.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..schedule import Schedule
+from .base import GuidanceInput, surrogate
+from .score import ScoreGuidance, Weighting
+
+
+class CDSGuidance(ScoreGuidance):
+    """Fields beyond ``ScoreGuidance.Config``: ``t_next`` (sqrt 700 -> 100 over 3000 steps),
+    ``end_gap`` (100), ``perturb`` (200), ``seed`` (0); defaults changed: ``guidance_scale`` =
+    ``[0, 101, 51, 3000]``, ``weighting`` = ``uniform``, ``min_step_percent`` = 0.1."""
+
+    @dataclass
+    class Config(ScoreGuidance.Config):
+        guidance_scale: Schedule = field(default_factory=lambda: Schedule([0, 101.0, 51.0, 3000]))
+        weighting: Weighting = "uniform"
+        min_step_percent: Schedule = field(default_factory=lambda: Schedule(0.1))
+        t_next: Schedule = field(
+            default_factory=lambda: Schedule({"type": "sqrt", "start_value": 700, "end_value": 100, "end_step": 3000})
+        )
+        """t' (the less noisy level), one per batch; Consistent3D's ``cur_steps`` with ``perturb_indices: sqrt``."""
+        end_gap: int = 100
+        """Smallest t - t'."""
+        perturb: int = 200
+        """t - t' is drawn from end_gap .. end_gap + perturb - 1 (Consistent3D's ``perturb_factor``)."""
+        seed: int = 0
+        """Seed of the fixed noise eps* (its own generator; independent of the run's seed)."""
+
+    def __init__(self, cfg: "CDSGuidance.Config", prior=None):
+        super().__init__(cfg, prior)
+        self.register_fixed_noise(cfg.seed)
+
+    def update_step(self, epoch: int, step: int) -> None:
+        super().update_step(epoch, step)
+        self.t_next = float(self.cfg.t_next(step))
+
+    @torch.no_grad()
+    def ode_pair(self, z: torch.Tensor, prompts, cameras) -> dict:
+        """The two adjacent PF-ODE points and their guided predictions (for the gradient and tests)."""
+        B = z.shape[0]
+        t, tn = self.sampler.consistency_pair(B, self.t_next, self.cfg.end_gap, self.cfg.perturb)
+        x_t = self.prior.add_noise(z, self.noise_like(z), t)
+        pred_t = self._predict(x_t, t, prompts, cameras)
+        x_tn = self.prior.ddim_step(x_t, t, tn, pred_t.eps)
+        pred_tn = self._predict(x_tn, tn, prompts, cameras)
+        return {"t": t, "t_next": tn, "x_t": x_t, "x_t_next": x_tn, "pred_t": pred_t, "pred_t_next": pred_tn}
+
+    def forward(self, inp: GuidanceInput, prompts, step: int) -> dict:
+        self._sync(step)
+        z = self.model_input(inp.rgb)
+        p = self.ode_pair(z.detach(), prompts, inp.cameras)
+        with torch.no_grad():
+            g = self.weight(p["t"], z.dim()) * (p["pred_t"].eps - p["pred_t_next"].eps)
+        loss, stats = surrogate(z, g, self.grad_clip)
+        n = (4 if self._use_perp_neg(prompts) else 2) * z.shape[0] * 2
+        return {"loss_cds": loss, **stats, **self.stats(p["t"], t_next=p["t_next"], unet_evals=n)}

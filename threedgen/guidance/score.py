@@ -1,0 +1,151 @@
+"""What every score-distillation objective shares: config fields, the model-space input, the CFG /
+Perp-Neg prediction, the weighting w(t), a fixed-noise buffer and the logged statistics.
+
+SDS, CSD, CSM, CDS, ISM and SDI subclass ``ScoreGuidance``; each adds only its own gradient.
+All of them go through the one ``DiffusionPrior``, the one ``TimestepSampler`` and ``surrogate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..schedule import Schedule
+from .base import Guidance
+from .prior import Prediction, PriorConfig, get_prior
+from .timesteps import TimestepSampler
+
+Weighting = Literal["sds", "uniform", "fantasia3d", "ism"]
+
+
+def sds_weight(kind: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """w(t) from ``(a_t, b_t)``: ``sds`` = 1 - abar = b^2 (DreamFusion), ``uniform`` = 1,
+    ``fantasia3d`` = sqrt(abar) (1 - abar) = a b^2, ``ism`` = sqrt((1 - abar) / abar) = b / a
+    (LucidDreamer; also the weight that turns SDS into an x0-target loss)."""
+    if kind == "sds":
+        return b**2
+    if kind == "uniform":
+        return torch.ones_like(a)
+    if kind == "fantasia3d":
+        return a * b**2
+    if kind == "ism":
+        return b / a
+    raise ValueError(f"unknown weighting {kind!r}; valid: sds, uniform, fantasia3d, ism")
+
+
+class ScoreGuidance(Guidance):
+    """Base of the score-distillation objectives (not registered itself)."""
+
+    @dataclass
+    class Config:
+        prior: PriorConfig = field(default_factory=PriorConfig)
+        guidance_scale: Schedule = field(default_factory=lambda: Schedule(7.5))
+        """CFG scale, diffusers convention ``eps_u + s (eps_c - eps_u)`` (a paper's 100 is 101 here)."""
+        min_step_percent: Schedule = field(default_factory=lambda: Schedule(0.02))
+        max_step_percent: Schedule = field(default_factory=lambda: Schedule(0.98))
+        per_sample_t: bool = True
+        """One t per render (threestudio SD/IF) or one t shared by the batch."""
+        weighting: Weighting = "sds"
+        rgb_as_latents: bool = False
+        """The render already is the model input (latent-NeRF style, ``latent_channels`` channels):
+        resized to the latent resolution, no VAE."""
+        grad_clip: Optional[Schedule] = None
+        """Elementwise clip of the gradient on ``z`` (e.g. ``[0, 2.0, 8.0, 1000]``); None: off."""
+        view_dependent: bool = True
+        """Use the bundle's view-dependent prompts (front/side/back/overhead by camera)."""
+        perp_neg: bool = False
+        """Perp-Neg guidance (also switched on by ``prompt_processor.perp_neg``)."""
+
+    def __init__(self, cfg, prior=None):
+        super().__init__()
+        self.cfg = cfg
+        # A plain attribute: DiffusionPrior is not an nn.Module, so it stays out of state_dict(),
+        # parameters() and Lightning's device/dtype moves.
+        self.prior = prior if prior is not None else get_prior(cfg.prior)
+        self.sampler = TimestepSampler(self.prior, cfg.min_step_percent, cfg.max_step_percent, cfg.per_sample_t)
+        self._evaluated_at: Optional[int] = None
+        self.guidance_scale = float(cfg.guidance_scale(0))
+        self.grad_clip: Optional[float] = None
+        self.update_step(0, 0)
+
+    def update_step(self, epoch: int, step: int) -> None:
+        self.sampler.update(step)
+        self.guidance_scale = float(self.cfg.guidance_scale(step))
+        self.grad_clip = None if self.cfg.grad_clip is None else float(self.cfg.grad_clip(step))
+        self._evaluated_at = step
+
+    def _sync(self, step: int) -> None:
+        if self._evaluated_at != step:
+            self.update_step(0, step)
+
+    # ---- shared pieces ----------------------------------------------------------------------
+
+    def model_shape(self) -> tuple[int, int, int]:
+        """``(C, h, w)`` of the model-space input ``z`` this guidance produces."""
+        p = self.prior
+        if self.cfg.rgb_as_latents:
+            return p.latent_channels, p.latent_resolution, p.latent_resolution
+        h = int(self.cfg.prior.resolution or p.resolution) // p.vae_scale_factor
+        return p.latent_channels, h, h
+
+    def model_input(self, rgb: torch.Tensor) -> torch.Tensor:
+        """The render in the prior's model space, differentiable (``z``)."""
+        prior = self.prior
+        if self.cfg.rgb_as_latents:
+            if rgb.shape[1] != prior.latent_channels:
+                raise ValueError(
+                    f"rgb_as_latents needs renders with {prior.latent_channels} channels (the prior's "
+                    f"latent channels), got {rgb.shape[1]}"
+                )
+            R = prior.latent_resolution
+            return F.interpolate(rgb, (R, R), mode="bilinear", align_corners=False).float()
+        return prior.encode(rgb, mode=self.cfg.prior.encode_mode, resolution=self.cfg.prior.resolution)
+
+    def _use_perp_neg(self, prompts) -> bool:
+        return bool(self.cfg.perp_neg or getattr(prompts, "perp_neg", False))
+
+    @torch.no_grad()
+    def _predict(self, x_t: torch.Tensor, t: torch.Tensor, prompts, cameras) -> Prediction:
+        """The guided prediction at ``x_t``: CFG (2B) or Perp-Neg (4B), one batched UNet call."""
+        if self._use_perp_neg(prompts):
+            sel = prompts.select_perp_neg(cameras)
+            return self.prior.predict_eps_perp_neg(
+                x_t, t, sel.pos, sel.uncond, sel.negs, sel.weights, self.guidance_scale
+            )
+        cond, uncond = prompts.select(cameras, self.cfg.view_dependent)
+        return self.prior.predict_eps(x_t, t, cond, uncond, self.guidance_scale)
+
+    def weight(self, t: torch.Tensor, ndim: int = 4) -> torch.Tensor:
+        """``w(t)`` of ``cfg.weighting``, shaped ``[B,1,...]``."""
+        a, b = self.prior.alpha_sigma(t, ndim)
+        return sds_weight(self.cfg.weighting, a, b)
+
+    def register_fixed_noise(self, seed: int) -> None:
+        """A noise tensor ``[1,C,h,w]`` drawn once from its own ``torch.Generator(seed)`` and kept as
+        the buffer ``fixed_noise``: it is saved in checkpoints, so a resumed run uses the same noise
+        (threestudio re-draws it at start-up). Shared by every view of every step."""
+        gen = torch.Generator().manual_seed(int(seed))
+        self.register_buffer("fixed_noise", torch.randn((1, *self.model_shape()), generator=gen))
+
+    def noise_like(self, z: torch.Tensor) -> torch.Tensor:
+        """The fixed noise broadcast to ``z``; a clear error if the model-space size changed."""
+        eps = self.fixed_noise
+        if eps.shape[1:] != z.shape[1:]:
+            raise ValueError(
+                f"fixed noise has shape {tuple(eps.shape[1:])} but the model input is {tuple(z.shape[1:])}; "
+                "the fixed noise is tied to the latent size (prior.resolution), which must not change during a run"
+            )
+        return eps.to(z).expand_as(z)
+
+    def stats(self, t: torch.Tensor, **extra) -> dict:
+        out = {
+            "t": t.float().mean(),
+            "min_step": torch.tensor(float(self.sampler.min_step)),
+            "max_step": torch.tensor(float(self.sampler.max_step)),
+            "guidance_scale": torch.tensor(self.guidance_scale),
+        }
+        out.update({k: torch.as_tensor(v, dtype=torch.float32).float().mean().detach() for k, v in extra.items()})
+        return out
