@@ -72,9 +72,11 @@ def _check_category(category: str) -> None:
 _BUILTIN = {
     "representation": {
         "nerf": "threedgen.representations.nerf:NeRF",
+        "gaussians": "threedgen.representations.gaussians:Gaussians",
     },
     "renderer": {
         "volume": "threedgen.renderers.volume:VolumeRenderer",
+        "gaussian": "threedgen.renderers.gaussian:GaussianRenderer",
     },
     "background": {
         "solid": "threedgen.renderers.background:SolidBackground",
