@@ -26,11 +26,11 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def bench(n, res, batch, tile, repeat, device, backend):
+def bench(n, res, batch, tile, repeat, device, backend, chunk=1 << 22):
     torch.manual_seed(0)
     # a 10k-point ball of small Gaussians, as an SDS run has after a few densification rounds
     rep = Gaussians(from_dict(Gaussians.Config, {"num_points": n, "init_radius": 0.5, "init_opacity": 0.5})).to(device)
-    ren = GaussianRenderer(GaussianRenderer.Config(tile_size=tile, backend=backend))
+    ren = GaussianRenderer(GaussianRenderer.Config(tile_size=tile, backend=backend, chunk_pairs=chunk))
     bg = SolidBackground(SolidBackground.Config()).to(device)
     cams = make_cameras(torch.linspace(-10, 40, batch), torch.linspace(0, 300, batch), 1.8, 50, res, res).to(device)
     times, pairs = [], None
@@ -54,15 +54,18 @@ def main():
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--tile", type=int, nargs="+", default=[4, 8, 16])
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--chunk", type=int, nargs="+", default=[1 << 22],
+                    help="torch path chunk_pairs; more than one chunk means activation checkpointing")
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     print(f"{a.n} Gaussians, {a.res}x{a.res}, batch {a.batch}, torch threads {torch.get_num_threads()}")
-    for tile in a.tile:
-        s, pairs = bench(a.n, a.res, a.batch, tile, a.repeat, torch.device("cpu"), "torch")
-        print(f"cpu torch  tile {tile:2d}: {s:.3f} s forward+backward, {pairs:,} pixel-Gaussian pairs "
-              f"({pairs / s / 1e6:.1f} M pairs/s)")
+    for chunk in a.chunk:
+        for tile in a.tile:
+            s, pairs = bench(a.n, a.res, a.batch, tile, a.repeat, torch.device("cpu"), "torch", chunk)
+            print(f"cpu torch  tile {tile:2d} chunk_pairs {chunk:>9,}: {s:.3f} s forward+backward, "
+                  f"{pairs:,} pixel-Gaussian pairs ({pairs / s / 1e6:.2f} M pairs/s)")
     if torch.cuda.is_available():
         dev = torch.device("cuda")
         s_t, pairs = bench(a.n, a.res, a.batch, 16, a.repeat, dev, "torch")

@@ -17,10 +17,10 @@ the pixel centres at +0.5, so the two paths agree and gsplat's ``DefaultStrategy
 ``meta`` (``means2d`` with gradient, int32 ``radii``, ``width``, ``height``, ``n_cameras``,
 ``gaussian_ids`` when packed) on both.
 
-Memory: each visible Gaussian is binned into the 16x16 tiles its bounding box touches (as gsplat's
-``isect_tiles``); tiles are sorted by how many Gaussians they hold and composited in chunks of at most
-``chunk_pairs`` (pixel, Gaussian) pairs, splitting long per-tile lists into depth segments that carry
-the transmittance forward. When more than one chunk is needed and gradients are on, each chunk runs
+Memory: each visible Gaussian is binned into the small square tiles its bounding box touches (as
+gsplat's ``isect_tiles``); the (tile, Gaussian) rows, sorted by tile then depth, are composited in
+chunks of at most ``chunk_pairs`` (pixel, Gaussian) pairs with a segmented transmittance that
+carries across chunk boundaries. When more than one chunk is needed and gradients are on, each chunk runs
 under activation checkpointing, so peak memory stays about one chunk's worth in training as well.
 """
 
@@ -201,7 +201,7 @@ def rasterize_packed(
     n_cameras: int,
     width: int,
     height: int,
-    tile_size: int = 8,
+    tile_size: int = 2,
     chunk_pairs: int = 1 << 22,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Front-to-back alpha compositing of visible Gaussians.
@@ -261,7 +261,7 @@ def rasterization(
     packed: bool = False,
     rasterize_mode: str = "classic",
     render_mode: str = "RGB+D",
-    tile_size: int = 8,
+    tile_size: int = 2,
     chunk_pairs: int = 1 << 22,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The torch twin of the subset of ``gsplat.rasterization`` threedgen uses (same argument names).
