@@ -173,19 +173,23 @@ def test_photometric_fit_of_the_toy_cube_densifies_under_the_cap():
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rep = gaussians(num_points=300, init_radius=0.4, init_opacity=0.3, lr_means=4e-3, lr_sh0=0.05, lr_scales=0.01,
-                        densify={"refine_start_iter": 20, "refine_every": 20, "grow_grad2d": 2e-4,
-                                 "reset_every": 0, "refine_stop_iter": 120, "max_gaussians": 1200})
+        rep = gaussians(init="sphere", num_points=300, init_radius=0.4, init_opacity=0.3, lr_means=4e-3, lr_sh0=0.05,
+                        lr_scales=0.01, densify={"refine_start_iter": 20, "refine_every": 20, "grow_grad2d": 2e-4,
+                                                 "reset_every": 0, "refine_stop_iter": 120, "max_gaussians": 600})
         ren = GaussianRenderer(GaussianRenderer.Config())
         bg = SolidBackground(SolidBackground.Config())
         scene = parse_prompt("a red cube")
         S = 24
+
+        def exact(cams):  # the toy world's render, box-filtered from 4x4 samples per pixel
+            return F.avg_pool2d(render_scene(scene, cams.with_resolution(4 * S, 4 * S))["rgb"], 4)
+
         train = make_cameras([20, -10, 30, 0, 40, -20, 10, 60], [0, 45, 90, 135, 180, 225, 270, 315], 1.8, 50, S, S)
         test = make_cameras([15, 25, -5], [22.5, 160, 290], 1.8, 50, S, S)
-        gt, gt_test = render_scene(scene, train)["rgb"], render_scene(scene, test)["rgb"]
+        gt, gt_test = exact(train), exact(test)
         opt = optimizer_for(rep)
         counts = []
-        for step in range(1, 241):
+        for step in range(1, 161):
             idx = torch.randperm(8)[:2]
             out = ren(rep, train[idx], bg)
             loss = F.mse_loss(out.rgb, gt[idx])
@@ -200,12 +204,12 @@ def test_photometric_fit_of_the_toy_cube_densifies_under_the_cap():
         torch.set_num_threads(n)
     psnr = -10 * math.log10(F.mse_loss(pred, gt_test).item())
     psnr_train = -10 * math.log10(F.mse_loss(pred_train, gt).item())
-    assert counts[-1] > 300 and max(counts) <= 1200
-    assert counts[-1] == counts[130]  # stable once refinement stops
-    # measured: 24.8 dB on the 8 training views, 18.1 dB held out after 240 steps (the 24 dB
-    # held-out target needs more views/steps than a CI test affords; see docs/gaussians.md)
-    assert psnr_train > 23.5, psnr_train
-    assert psnr > 17.0, psnr
+    assert counts[0] == 300 and counts[40] > 300 and max(counts) <= 600  # grew, then held at the cap
+    assert counts[-1] == counts[125]  # stable once refinement stops
+    # measured: 28.0 dB on the 8 training views, 22.2 dB held out. The 24 dB held-out target is
+    # not reached: 8 views leave the visual hull's excess around the cube unconstrained (see docs/gaussians.md)
+    assert psnr_train > 26.5, psnr_train
+    assert psnr > 21.0, psnr
 
 
 def test_convert_from_nerf_puts_points_inside_the_blob():
