@@ -96,8 +96,8 @@ def strategy_rep(**densify):
     return gaussians(num_points=100, init_opacity=0.5, init_radius=0.3, densify={**base, **densify})
 
 
-def train_steps(rep, steps, start=1, res=16, loss_fn=None):
-    ren = GaussianRenderer(GaussianRenderer.Config())
+def train_steps(rep, steps, start=1, res=16, loss_fn=None, packed=False):
+    ren = GaussianRenderer(GaussianRenderer.Config(packed=packed))
     bg = SolidBackground(SolidBackground.Config())
     opt = optimizer_for(rep)
     cams = make_cameras([10, 30], [0, 120], 1.8, 50, res, res)
@@ -129,6 +129,16 @@ def test_default_strategy_grows_and_prunes_on_the_cpu_path():
     train_steps(rep, 2, start=3)
     assert rep.num_gaussians == n - n // 2
     assert torch.sigmoid(rep.params["opacities"]).min() >= rep.cfg.densify.prune_opa
+
+
+def test_packed_render_meta_drives_the_same_growth():
+    counts = []
+    for packed in (False, True):
+        torch.manual_seed(0)
+        rep = strategy_rep(grow_scale3d=10.0)  # duplicate only: no random split samples
+        train_steps(rep, 2, packed=packed)
+        counts.append(rep.num_gaussians)
+    assert counts[0] == counts[1] > 100
 
 
 def test_opacity_reset_happens_at_reset_every():
