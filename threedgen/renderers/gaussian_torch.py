@@ -166,7 +166,7 @@ def _tile_pairs(means2d, radii, cam, depths, n_cams, width, height, tile):
     return tile_id, gid[perm], (tw, th)
 
 
-def _composite_rows(carry, carry_mask, mx, my, ca, cb, cc, opac, feats, row_tile, first_row, px, py):
+def _composite_rows(carry, carry_mask, mx, my, ca, cb, cc, opac, feats, row_tile, first_row, px, py, n_tiles):
     """Composite a run of (tile, Gaussian) rows sorted by tile then depth, each row evaluated on its
     tile's P pixels. Transmittance is a segmented cumulative product, taken in log space in float64
     (exclusive per tile via the cumulative sum at the tile's first row); ``carry`` [P] is the log
@@ -174,9 +174,9 @@ def _composite_rows(carry, carry_mask, mx, my, ca, cb, cc, opac, feats, row_tile
 
     Returns per-tile sums [U,P,D+1] (features, then alpha) and the last row's log transmittance [P].
     """
-    dx = mx[:, None] - px[row_tile]  # [M,P]
-    dy = my[:, None] - py[row_tile]
-    sigma = 0.5 * (ca[:, None] * dx * dx + cc[:, None] * dy * dy) + cb[:, None] * dx * dy
+    dx = mx[:, None] - px  # [M,P]; mx, my are relative to their tile's corner, px, py [P] within a tile
+    dy = my[:, None] - py
+    sigma = dx * (0.5 * ca[:, None] * dx + cb[:, None] * dy) + (0.5 * cc[:, None]) * dy * dy
     alpha = (opac[:, None] * torch.exp(-sigma)).clamp(max=MAX_ALPHA)
     alpha = torch.where((sigma >= 0) & (alpha >= ALPHA_THRESHOLD), alpha, torch.zeros_like(alpha))
     la = torch.log1p(-alpha).double()
@@ -186,8 +186,7 @@ def _composite_rows(carry, carry_mask, mx, my, ca, cb, cc, opac, feats, row_tile
     T_before = torch.exp(incl - la).to(alpha.dtype)
     w = alpha * T_before * (incl > math.log(T_MIN))  # stop before the Gaussian that would end the pixel
     vals = torch.cat([w[..., None] * feats[:, None, :], w[..., None]], -1)  # [M,P,D+1]
-    U = px.shape[0]
-    return vals.new_zeros(U, *vals.shape[1:]).index_add(0, row_tile, vals), incl[-1]
+    return vals.new_zeros(n_tiles, *vals.shape[1:]).index_add(0, row_tile, vals), incl[-1]
 
 
 def rasterize_packed(
@@ -227,12 +226,11 @@ def rasterize_packed(
         uniq, cnt = torch.unique_consecutive(t_rows, return_counts=True)
         row_tile = torch.repeat_interleave(torch.arange(uniq.numel(), device=dev), cnt)
         first_row = (torch.cumsum(cnt, 0) - cnt)[row_tile]
-        local = uniq % (tw * th)
-        px = (local % tw * tile_size)[:, None].to(dt) + loc_x
-        py = (local // tw * tile_size)[:, None].to(dt) + loc_y
+        local = t_rows % (tw * th)  # tile corner of every row: pixel offsets are then the same for all rows
+        x0, y0 = (local % tw * tile_size).to(dt), (local // tw * tile_size).to(dt)
         mask = torch.tensor(float(int(uniq[0]) == prev_tile), dtype=torch.float64, device=dev)
-        args = (carry, mask, means2d[g, 0], means2d[g, 1], conics[g, 0], conics[g, 1], conics[g, 2], opacities[g],
-                features[g], row_tile, first_row, px, py)
+        args = (carry, mask, means2d[g, 0] - x0, means2d[g, 1] - y0, conics[g, 0], conics[g, 1], conics[g, 2],
+                opacities[g], features[g], row_tile, first_row, loc_x, loc_y, uniq.numel())
         if use_ckpt:
             sums, carry = checkpoint(_composite_rows, *args, use_reentrant=False)
         else:
