@@ -295,3 +295,46 @@ def test_resume_mid_densification_continues_like_an_uninterrupted_run(tmp_path):
     lb = [r.split(",") for r in (run_b / "metrics.csv").read_text().splitlines()]
     col = la[0].index("train/loss")
     assert [r[col] for r in la[1:]][-3:] == [r[col] for r in lb[1:] if len(r) > col][-3:]
+
+
+TWO_STAGES = """
+name: two
+seed: 0
+data: {batch_size: 2, width: 16, height: 16}
+system:
+  prompt: a red cube
+  representation:
+    name: nerf
+    grid: {n_levels: 4, log2_hashmap_size: 12, base_resolution: 8, max_resolution: 32}
+    mlp_width: 16
+    normals: none
+  renderer: {name: volume, num_samples_per_ray: 16}
+  background: {name: solid}
+  guidance:
+    - {name: photometric, target: a red cube}
+stages:
+  - {name: nerf, steps: 2}
+  - name: gaussians
+    steps: 2
+    system:
+      representation: {name: gaussians, num_points: 256, convert_resolution: 24}
+      renderer: {name: gaussian}
+"""
+
+
+def test_nerf_stage_hands_over_to_a_gaussian_stage(tmp_path):
+    """The runner's stage chaining (``_init_from_previous``) converts the NeRF stage's result."""
+    from threedgen.config import load_config
+    from threedgen.systems.runner import _init_from_previous, build_system, plan_stages
+
+    (tmp_path / "two.yaml").write_text(TWO_STAGES)
+    cfg, raw = load_config(tmp_path / "two.yaml")
+    stages = plan_stages(cfg, raw, tmp_path / "run")
+    nerf_system = build_system(stages[0].cfg)
+    stages[0].final.parent.mkdir(parents=True)
+    torch.save({"state_dict": nerf_system.state_dict(), "global_step": 2}, stages[0].final)
+    g_system = build_system(stages[1].cfg)
+    _init_from_previous(g_system, stages[0])
+    rep = g_system.representation
+    assert isinstance(rep, Gaussians) and rep.num_gaussians == 256
+    assert rep.params["means"].norm(dim=-1).max() < 0.6  # inside the NeRF's initial density blob
