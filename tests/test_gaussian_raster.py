@@ -145,6 +145,15 @@ def test_culling_behind_and_off_screen():
     torch.testing.assert_close(alpha, alpha1)
 
 
+def test_nothing_visible_still_backpropagates():
+    g = one_gaussian([0.0, 0.0, 2.5], 0.05, 0.9)  # behind the camera
+    g["means"].requires_grad_(True)
+    img, alpha, meta = render(g, make_cameras(0.0, 0.0, 2.0, 40.0, 8, 8))
+    assert float(alpha.detach().sum()) == 0.0 and int(meta["radii"].sum()) == 0
+    (img.sum() + alpha.sum()).backward()
+    assert torch.equal(g["means"].grad, torch.zeros(1, 3))
+
+
 def test_chunked_compositing_is_identical_to_one_chunk():
     g = random_gaussians(150)
     for v in g.values():

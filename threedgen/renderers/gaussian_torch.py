@@ -237,6 +237,8 @@ def rasterize_packed(
             sums, carry = _composite_rows(*args)
         img = img.index_add(0, uniq, sums)
         prev_tile = int(uniq[-1])
+    if total == 0:  # nothing visible: keep the output in the graph so a loss on it can still backward
+        img = img + 0.0 * (features.sum() + opacities.sum() + means2d.sum() + conics.sum())
     img = img.view(n_cameras, th, tw, tile_size, tile_size, D + 1).permute(0, 1, 3, 2, 4, 5)
     img = img.reshape(n_cameras, th * tile_size, tw * tile_size, D + 1)[:, :height, :width]
     return img[..., :D], img[..., D:], total * P_tile
