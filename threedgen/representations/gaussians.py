@@ -162,7 +162,6 @@ class Gaussians(Representation):
         self._optimizer: Optional[torch.optim.Optimizer] = None
         self._strategy = None
         self.strategy_state: dict = {}
-        self.last_refine: dict = {}
 
     # ---- initialisation -------------------------------------------------------------------------
 
@@ -360,8 +359,8 @@ class Gaussians(Representation):
         n0 = self.num_gaussians
         self.strategy.step_post_backward(params, opts, self.strategy_state, step, meta,
                                          packed=meta.get("gaussian_ids") is not None)
-        if step > 0 and step % d.refine_every == 0 and step > d.refine_start_iter:
-            self.last_refine = {"step": step, "before": n0, "after": self.num_gaussians}
+        if self.num_gaussians != n0:
+            log.debug("gaussians: step %d: %d -> %d", step, n0, self.num_gaussians)
         if d.reset_every > 0 and step > 0 and step % d.reset_every == 0:
             self.reset_opacity()
         self.enforce_cap()
@@ -372,8 +371,7 @@ class Gaussians(Representation):
         from gsplat.strategy.ops import reset_opa
 
         reset_opa(self.params, self._optimizers(), self.strategy_state, value=self.cfg.densify.prune_opa * 2.0)
-        self.last_reset = {"n": self.num_gaussians}
-        log.debug("gaussians: opacity reset")
+        log.debug("gaussians: opacity reset (%d Gaussians)", self.num_gaussians)
 
     @torch.no_grad()
     def enforce_cap(self) -> int:
