@@ -46,6 +46,8 @@ def test_registered_and_initialisations():
     assert torch.allclose(torch.sigmoid(r.params["opacities"]), torch.tensor(0.1))
     with pytest.raises(ValueError, match="sh_degree must be 0..3"):
         gaussians(sh_degree=4)
+    with pytest.raises(ValueError, match="init_opacity must be strictly between 0 and 1"):
+        gaussians(init_opacity=1.0)
 
 
 def test_param_groups_are_named_like_the_parameters():

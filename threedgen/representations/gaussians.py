@@ -155,6 +155,8 @@ class Gaussians(Representation):
             raise ValueError(f"sh_degree must be 0..3, got {cfg.sh_degree}")
         if cfg.num_points < 1:
             raise ValueError(f"num_points must be >= 1, got {cfg.num_points}")
+        if not 0.0 < cfg.init_opacity < 1.0:
+            raise ValueError(f"init_opacity must be strictly between 0 and 1 (it is stored as a logit), got {cfg.init_opacity}")
         self.cfg = cfg
         self.active_sh_degree = cfg.sh_degree if cfg.sh_degree_schedule is None else 0
         self.params = nn.ParameterDict()
