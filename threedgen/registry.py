@@ -73,10 +73,12 @@ _BUILTIN = {
     "representation": {
         "nerf": "threedgen.representations.nerf:NeRF",
         "dmtet": "threedgen.representations.dmtet:DMTet",
+        "gaussians": "threedgen.representations.gaussians:Gaussians",
     },
     "renderer": {
         "volume": "threedgen.renderers.volume:VolumeRenderer",
         "mesh": "threedgen.renderers.mesh:MeshRenderer",
+        "gaussian": "threedgen.renderers.gaussian:GaussianRenderer",
     },
     "background": {
         "solid": "threedgen.renderers.background:SolidBackground",

@@ -131,7 +131,11 @@ class GenerationSystem(pl.LightningModule):
             pg["lr"] = self._lr_schedules[-1](0)
             groups.append(pg)  # only plain values: the optimizer state is pickled into checkpoints
         cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-        return cls(groups, lr=o.lr(0), betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        opt = cls(groups, lr=o.lr(0), betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        bind = getattr(self.representation, "bind_optimizer", None)
+        if bind is not None:  # representations that resize their parameters (Gaussian densification)
+            bind(opt)
+        return opt
 
     def on_train_batch_start(self, batch, batch_idx):
         step = self.global_step
