@@ -486,6 +486,27 @@ def test_dmtet_exports_its_own_mesh_textured_and_valid(tmp_path):
     assert 0.3 < radii.mean() < 0.45  # the initial sphere of radius 0.4, on a 16-cell grid
 
 
+def test_real_gaussians_export_splats_that_read_back_as_their_parameters(tmp_path):
+    """The Gaussians representation (not a stand-in) through the runner: PLY values are its splat_data."""
+    from plyfile import PlyData
+
+    from threedgen.representations.gaussians import Gaussians
+
+    torch.manual_seed(0)
+    rep = Gaussians(from_dict(Gaussians.Config, {"init": "sphere", "num_points": 400, "init_radius": 0.3,
+                                                 "init_opacity": 0.8, "init_color": [0.9, 0.1, 0.1]}))
+    c = from_dict(ExportConfig, {"resolution": 32, "texture_size": 64, "target_faces": 500, "splat_axes": "rub",
+                                 "formats": ["glb", "ply", "splat"]})
+    paths = runner.export(SimpleNamespace(representation=rep), SimpleNamespace(export=c), tmp_path)
+    assert sorted(p.name for p in paths) == ["gaussians.ply", "gaussians.splat", "model.glb"]
+    data = rep.splat_data()
+    ply = PlyData.read(str(tmp_path / "export" / "gaussians.ply"))["vertex"]
+    np.testing.assert_allclose(np.stack([ply["x"], ply["y"], ply["z"]], 1), data["means"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(ply["opacity"], data["logit_opacities"].numpy(), atol=1e-6)
+    assert (tmp_path / "export" / "gaussians.splat").stat().st_size == 32 * len(data["means"])
+    assert validate_glb(tmp_path / "export" / "model.glb")["numErrors"] == 0
+
+
 def test_export_resume_accepts_a_run_folder_and_reads_its_config(tmp_path):
     from threedgen.cli import _config_path
     from threedgen.config import load_config
