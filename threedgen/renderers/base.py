@@ -29,3 +29,20 @@ class Renderer(nn.Module):
         self, representation, cameras: CameraBatch, background, shading: str = "albedo"
     ) -> RenderOutput:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+def shading_modes(shading: str, valid: tuple[str, ...], probs, B: int, device, training: bool) -> torch.Tensor:
+    """Per-image shading code (an index into ``valid``) for a batch of ``B`` renders.
+
+    ``"random"`` draws each image's mode from ``probs`` over ``valid`` while training (DreamFusion's
+    albedo / lambertian / textureless mix) and is plain albedo (code 0) in evaluation renders.
+    """
+    if shading == "random":
+        if not training:
+            return torch.zeros(B, dtype=torch.long, device=device)
+        p = torch.tensor(probs, dtype=torch.float)
+        return torch.multinomial(p / p.sum(), B, replacement=True).to(device)
+    if shading not in valid:
+        raise ValueError(f"unknown shading {shading!r}; valid: {', '.join(valid + ('random',))}")
+    return torch.full((B,), valid.index(shading), dtype=torch.long, device=device)
+

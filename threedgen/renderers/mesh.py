@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..data.cameras import CameraBatch
 from . import raster_torch
-from .base import Renderer, RenderOutput
+from .base import Renderer, RenderOutput, shading_modes
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +143,7 @@ class MeshRenderer(Renderer):
         return be
 
     def _shading_modes(self, shading: str, B: int, device) -> torch.Tensor:
-        if shading == "random":
-            if not self.training:
-                return torch.zeros(B, dtype=torch.long, device=device)
-            p = torch.tensor(self.cfg.random_shading_probs, dtype=torch.float)
-            return torch.multinomial(p / p.sum(), B, replacement=True).to(device)
-        if shading not in SHADING_MODES:
-            raise ValueError(f"unknown shading {shading!r}; valid: {', '.join(SHADING_MODES + ('random',))}")
-        return torch.full((B,), SHADING_MODES.index(shading), dtype=torch.long, device=device)
+        return shading_modes(shading, SHADING_MODES, self.cfg.random_shading_probs, B, device, self.training)
 
     def forward(self, representation, cameras: CameraBatch, background, shading: Optional[str] = None) -> RenderOutput:
         cfg = self.cfg

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.cameras import CameraBatch
-from .base import Renderer, RenderOutput
+from .base import Renderer, RenderOutput, shading_modes
 
 log = logging.getLogger(__name__)
 
@@ -188,15 +188,7 @@ class VolumeRenderer(Renderer):
     # ---- helpers ------------------------------------------------------------------------------
 
     def _shading_modes(self, shading: str, B: int, device) -> torch.Tensor:
-        """Per-image shading code: 0 albedo, 1 lambertian, 2 textureless."""
-        if shading == "random":
-            if not self.training:
-                return torch.zeros(B, dtype=torch.long, device=device)
-            p = torch.tensor(self.cfg.random_shading_probs, dtype=torch.float)
-            return torch.multinomial(p / p.sum(), B, replacement=True).to(device)
-        if shading not in SHADING_MODES:
-            raise ValueError(f"unknown shading {shading!r}; valid: {', '.join(SHADING_MODES + ('random',))}")
-        return torch.full((B,), SHADING_MODES.index(shading), dtype=torch.long, device=device)
+        return shading_modes(shading, SHADING_MODES, self.cfg.random_shading_probs, B, device, self.training)
 
     def _step_size(self, radius: float) -> float:
         return 2.0 * math.sqrt(3.0) * radius / self.cfg.num_samples_per_ray
