@@ -177,7 +177,58 @@ def test_state_dict_round_trip_with_a_different_count():
     assert torch.equal(fresh.strategy_state["grad2d"], rep.strategy_state["grad2d"])
 
 
+@pytest.mark.parametrize("mode", ["classic", "antialiased"])
+def test_tiled_rasterizer_equals_a_brute_force_per_pixel_composite(mode):
+    """Silhouette check for the cube fit: overlapping, partly near-opaque Gaussians (the 0.999 clamp,
+    the 1/255 skip and the T <= 1e-4 stop all trigger) composited pixel by pixel over *every*
+    Gaussian in depth order, with no tiles or bounding boxes, give the tiled rasterizer's image."""
+    from threedgen.renderers import gaussian_torch as gt
+
+    torch.manual_seed(0)
+    N, W, H = 200, 13, 11
+    means = torch.randn(N, 3) * 0.2 + torch.tensor([0.0, 0.0, 3.0])
+    quats, scales = torch.randn(N, 4), torch.rand(N, 3) * 0.2 + 0.02
+    opac = torch.rand(N) * 0.9 + 0.1
+    opac[:10] = 1.0  # ten opaque ones centred on pixel centres: alpha 1 there, clamped to 0.999
+    z = 2.5 + torch.rand(10)
+    u, v = torch.randint(0, W, (10,)) + 0.5, torch.randint(0, H, (10,)) + 0.5
+    means[:10] = torch.stack([(u - 6.5) * z / 30, (v - 5.5) * z / 30, z], -1)
+    cols = torch.rand(N, 3)
+    view, K = torch.eye(4)[None], torch.tensor([[[30.0, 0, 6.5], [0, 30.0, 5.5], [0, 0, 1]]])
+    rgb, alpha, _ = gt.rasterization(means, quats, scales, opac, cols, view, K, W, H, rasterize_mode=mode,
+                                     render_mode="RGB")
+    p = gt.project(means, quats, scales, opac, view, K, W, H, antialiased=mode == "antialiased")
+    ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    T, out, live = torch.ones(H, W), torch.zeros(H, W, 3), torch.ones(H, W, dtype=torch.bool)
+    stopped_early = clamped = False
+    for i in torch.argsort(p.depths[0]).tolist():
+        if p.radii[0, i, 0] == 0:
+            continue
+        dx, dy = p.means2d[0, i, 0] - xs, p.means2d[0, i, 1] - ys
+        a, b, c = p.conics[0, i]
+        s = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+        al = (p.opacities[0, i] * torch.exp(-s)).clamp(max=0.999)
+        clamped |= bool((al == 0.999).any())
+        al = torch.where((s >= 0) & (al >= 1 / 255), al, torch.zeros_like(al))
+        nT = T * (1 - al)
+        live = live & (nT > 1e-4)  # a pixel stops before the Gaussian that would take T to 1e-4
+        stopped_early |= bool((~live).any())
+        out = out + torch.where(live, al * T, torch.zeros_like(T))[..., None] * cols[i]
+        T = torch.where(live, nT, T)
+    assert stopped_early and (clamped or mode == "antialiased")  # the edge cases were exercised
+    # (antialiased scales opacity below 1 by its compensation, so nothing reaches the clamp there)
+    torch.testing.assert_close(rgb[0], out, atol=1e-5, rtol=0)
+    torch.testing.assert_close(alpha[0, ..., 0], 1 - T, atol=1e-5, rtol=0)
+
+
 def test_photometric_fit_of_the_toy_cube_densifies_under_the_cap():
+    """Issue 10: fit 8 analytic renders of the red cube (densification on); > 24 dB on held-out views.
+
+    The ground truth integrates each pixel's area (4x4 samples, box filter: variance 1/12 px² per
+    axis). The renderer is set up to match it: Mip-Splatting's 2D filter (``eps2d=0.1`` ≈ a one-pixel
+    box, with the opacity compensation of ``antialiased``). With 3DGS's classic 0.3 px² dilation the
+    training views fit only by per-view edge compromises and held-out views stay at ~22.5 dB (see
+    docs/gaussians.md for the measurements)."""
     from threedgen.toy.render import render_scene
     from threedgen.toy.world import parse_prompt
 
@@ -185,10 +236,10 @@ def test_photometric_fit_of_the_toy_cube_densifies_under_the_cap():
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rep = gaussians(init="sphere", num_points=300, init_radius=0.4, init_opacity=0.3, lr_means=4e-3, lr_sh0=0.05,
+        rep = gaussians(init="sphere", num_points=300, init_radius=0.4, init_opacity=0.3, lr_means=4e-3, lr_sh0=0.02,
                         lr_scales=0.01, densify={"refine_start_iter": 20, "refine_every": 20, "grow_grad2d": 2e-4,
                                                  "reset_every": 0, "refine_stop_iter": 120, "max_gaussians": 600})
-        ren = GaussianRenderer(GaussianRenderer.Config())
+        ren = GaussianRenderer(GaussianRenderer.Config(antialiased=True, eps2d=0.1))
         bg = SolidBackground(SolidBackground.Config())
         scene = parse_prompt("a red cube")
         S = 24
@@ -202,7 +253,7 @@ def test_photometric_fit_of_the_toy_cube_densifies_under_the_cap():
         opt = optimizer_for(rep)
         counts = []
         for step in range(1, 161):
-            idx = torch.randperm(8)[:2]
+            idx = torch.randperm(8)[:4]
             out = ren(rep, train[idx], bg)
             loss = F.mse_loss(out.rgb, gt[idx])
             opt.zero_grad()
@@ -216,12 +267,11 @@ def test_photometric_fit_of_the_toy_cube_densifies_under_the_cap():
         torch.set_num_threads(n)
     psnr = -10 * math.log10(F.mse_loss(pred, gt_test).item())
     psnr_train = -10 * math.log10(F.mse_loss(pred_train, gt).item())
-    assert counts[0] == 300 and counts[40] > 300 and max(counts) <= 600  # grew, then held at the cap
+    assert counts[0] == 300 and counts[40] > 300 and max(counts) <= 600  # grew, never above the cap
     assert counts[-1] == counts[125]  # stable once refinement stops
-    # measured: 28.0 dB on the 8 training views, 22.2 dB held out. The issue's 24 dB held-out target is
-    # not reached: 8 views leave the visual hull's excess around the cube unconstrained (see docs/gaussians.md)
-    assert psnr_train > 26.5, psnr_train
-    assert psnr > 21.0, psnr
+    # measured (seed 0): 36.5 dB on the 8 training views, 25.4 dB on the 3 held-out views
+    assert psnr_train > 32.0, psnr_train
+    assert psnr > 24.0, psnr
 
 
 def test_convert_from_nerf_puts_points_inside_the_blob():
