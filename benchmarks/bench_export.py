@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/bench_export.py [--res 128] [--faces 20000] [--texture 1024]
         [--gaussians 200000] [--unwrap-faces 100000] [--parts nerf,unwrap,fidelity,fitted,gaussians] [--threads 1]
+    PYTHONPATH=. python benchmarks/bench_export.py --parts run --run outputs/toy-sds-nerf/<run folder>
 
 1. A NeRF (the toy recipe's network, blob initialisation: a smooth closed surface) at marching-cubes
    resolution --res, decimated to --faces, unwrapped, baked at --texture px: seconds per stage.
@@ -11,6 +12,7 @@
    mean PSNR of 8 rendered views of the exported mesh against exact ray-traced views of the sphere.
 5. The issue's fidelity metric on a trained NeRF: 8 renders of the exported textured mesh vs 8 renders
    of the NeRF it came from (fitted to exact views of a sphere with a smooth colour field).
+6. (--parts run) the same metric on a finished training run, e.g. the toy quick start.
 Texture fidelity: PSNR between bilinear texture lookups and ``albedo_at`` at 200k random surface points.
 """
 
@@ -167,6 +169,31 @@ def bench_fitted_nerf(args, steps: int = 300) -> None:
           f"NeRF vs exact {mean(nerf_views, exact):.1f} dB; mesh vs exact {mean(mesh_views, exact):.1f} dB")
 
 
+def bench_run(args) -> None:
+    """Texture fidelity on a trained run (e.g. the toy quick start): 8 renders of its exported mesh
+    against the run's own renders of the scene, same cameras, white background."""
+    from pathlib import Path
+
+    from threedgen.config import load_config
+    from threedgen.systems.runner import load_system
+
+    if not args.run:
+        raise SystemExit("--parts run needs --run outputs/<recipe>/<run folder> (a finished single-stage run)")
+    run = Path(args.run)
+    cfg, _ = load_config(run / "config.yaml")
+    system = load_system(cfg, run / "ckpts" / "last.ckpt")
+    cams = orbit(args.view_res)
+    own = torch.cat([o.rgb for o in system.render_views(cams)]).permute(0, 2, 3, 1).double().numpy()
+    ecfg = from_dict(ExportConfig, {"resolution": args.res, "target_faces": args.faces, "texture_size": args.texture})
+    t = time.perf_counter()
+    mesh = build_textured_mesh(system.representation, ecfg)
+    mesh_views = render_textured_mesh(mesh, cams)
+    scores = [psnr(x, y) for x, y in zip(mesh_views, own)]
+    print(f"\nrun {run.name}: exported at {args.res}^3 / {len(mesh.faces)} faces / {args.texture} px in {time.perf_counter() - t:.1f} s")
+    print(f"  8 views at {args.view_res} px, mesh vs the run's own renders: mean {np.mean(scores):.1f} dB "
+          f"(min {np.min(scores):.1f}, max {np.max(scores):.1f})")
+
+
 def bench_nerf(args) -> None:
     torch.manual_seed(0)
     nerf = NeRF(from_dict(NeRF.Config, TOY_NERF))
@@ -231,11 +258,12 @@ def main() -> None:
     p.add_argument("--parts", default="nerf,unwrap,fidelity,fitted,gaussians", help="comma-separated subset to run")
     p.add_argument("--view-res", type=int, default=128, help="render size for the 8-view fidelity check")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--run", default=None, help="with --parts run: a finished run folder to check the texture fidelity of")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"CPU, {args.threads} torch thread(s)")
     parts = {"nerf": bench_nerf, "unwrap": bench_unwrap, "fidelity": bench_fidelity, "gaussians": bench_gaussians,
-             "fitted": bench_fitted_nerf}
+             "fitted": bench_fitted_nerf, "run": bench_run}
     for name in args.parts.split(","):
         parts[name.strip()](args)
 
