@@ -228,3 +228,134 @@ def test_three_stage_launch_writes_every_stage_and_resume_auto_finishes_the_inte
     assert (g2["global_step"], t2["global_step"], t2["threedgen_stage"]) == (3, 2, "texture")
     rows = [ln.split(",")[:2] for ln in (run / "metrics.csv").read_text().splitlines()[1:]]
     assert ["geometry", "3"] in rows and rows.count(["coarse", "2"]) == 1
+
+
+def _kuhn_sdf_at(sdf: torch.Tensor, points: torch.Tensor, resolution: int, radius: float) -> torch.Tensor:
+    """The piecewise-linear SDF that marching tets meshes, at world points [..., 3] of the undeformed grid.
+
+    Every cube cell holds the 6 Kuhn tets of ``tets.py``; the one containing a point adds the axes in
+    order of decreasing fractional coordinate f1 >= f2 >= f3, and the linear interpolant there is
+    ``s0 (1 - f1) + s1 (f1 - f2) + s2 (f2 - f3) + s3 f3`` along that corner path (Freudenthal). Using
+    this, not trilinear interpolation, keeps the carving term consistent with the extracted mesh."""
+    n = resolution + 1
+    u = ((points.reshape(-1, 3) / radius + 1.0) * 0.5 * resolution)
+    cell = u.floor().clamp(0, resolution - 1)
+    f, order = (u - cell).clamp(0, 1).sort(-1, descending=True)
+    stride = torch.tensor([n * n, n, 1])
+    c0 = (cell.long() * stride).sum(-1)
+    step = stride[order]
+    c1 = c0 + step[:, 0]
+    c2 = c1 + step[:, 1]
+    c3 = c2 + step[:, 2]
+    s = sdf[c0] * (1 - f[:, 0]) + sdf[c1] * (f[:, 0] - f[:, 1]) + sdf[c2] * (f[:, 1] - f[:, 2]) + sdf[c3] * f[:, 2]
+    return s.view(points.shape[:-1])
+
+
+def _inside_by_ray_parity(v: torch.Tensor, f: torch.Tensor, xs, ys, zs) -> torch.Tensor:
+    """Occupancy [X,Y,Z] of a closed mesh on a lattice: parity of the crossings of a +Y ray per (x, z) column."""
+    tri = v.double()[f]
+    tx, ty, tz = tri[..., 0], tri[..., 1], tri[..., 2]
+    X, Z = torch.meshgrid(xs, zs, indexing="ij")
+    cx, cz = X.reshape(-1), Z.reshape(-1)
+    count = torch.zeros(len(cx), len(ys), dtype=torch.long)
+    for s in range(0, len(cx), 256):
+        px, pz = cx[s:s + 256, None], cz[s:s + 256, None]
+        near = (px >= tx.amin(1)) & (px <= tx.amax(1)) & (pz >= tz.amin(1)) & (pz <= tz.amax(1))
+        ci, fi = near.nonzero(as_tuple=True)
+        (x0, x1, x2), (z0, z1, z2) = tx[fi].unbind(-1), tz[fi].unbind(-1)
+        qx, qz = px[ci, 0], pz[ci, 0]
+        area = (x1 - x0) * (z2 - z0) - (x2 - x0) * (z1 - z0)
+        b0 = ((x1 - qx) * (z2 - qz) - (x2 - qx) * (z1 - qz)) / area
+        b1 = ((x2 - qx) * (z0 - qz) - (x0 - qx) * (z2 - qz)) / area
+        b2 = 1 - b0 - b1
+        hit = (b0 >= 0) & (b1 >= 0) & (b2 >= 0) & (area != 0)
+        y_hit = (b0 * ty[fi, 0] + b1 * ty[fi, 1] + b2 * ty[fi, 2])[hit]
+        count.index_add_(0, ci[hit] + s, (ys[None, :] < y_hit[:, None]).long())
+    return (count % 2 == 1).view(len(xs), len(zs), len(ys)).permute(0, 2, 1)
+
+
+def _largest_component(v: torch.Tensor, f: torch.Tensor):
+    import trimesh
+
+    parts = trimesh.Trimesh(v.detach().numpy(), f.numpy(), process=True).split(only_watertight=False)
+    return max(parts, key=lambda m: len(m.faces)), len(parts)
+
+
+@pytest.mark.slow
+def test_dmtet_fits_a_torus_with_its_hole():
+    """Fit a DMTet (tet resolution 20, per-vertex SDF + deformation) to 24 analytic renders of the toy
+    torus (major 0.35, tube 0.15, XZ plane; ``toy.render``, 64², elevations -75..75 deg so the hole is
+    seen from above and below) and check the topology and the volume.
+
+    Losses: photometric L1 and alpha (mask) MSE through the torch mesh renderer (Lambertian with the toy
+    world's light, so the renders can match exactly); a silhouette *carving* term, relu(SDF) at random
+    points on the rays of background pixels (the analytic DMTet SDF, see ``_kuhn_sdf_at``), which is
+    what opens the hole: inside a silhouette the rasterizer has no gradient that could punch through
+    a surface; and a small grid-Laplacian smoothness term on the SDF. Start: an ellipsoid thin in Y
+    (genus 0). Measured (seed 0, 160 steps): genus 1 with IoU 0.91; without carving the renderer alone
+    reaches genus 2 / IoU 0.79, carving without the renderer loses the surface.
+
+    Genus from the Euler characteristic V - E + F = 2 - 2g of the largest (watertight) component.
+    IoU is volumetric: the whole mesh's occupancy (ray-crossing parity) against the analytic torus on
+    a 0.01 m lattice over [-0.6, 0.6]^3 (the true SDF meshed on this grid scores 0.97)."""
+    import torch.nn.functional as F
+
+    from threedgen.data.cameras import make_cameras
+    from threedgen.renderers.background import SolidBackground
+    from threedgen.renderers.mesh import MeshRenderer
+    from threedgen.toy.render import render_scene, sdf_shape
+    from threedgen.toy.world import AMBIENT, LIGHT_DIR, ToyScene
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    R, radius, views = 20, 0.6, 24
+    el = torch.linspace(-75.0, 75.0, 6)[torch.arange(views) % 6]
+    az = torch.arange(views) * (360.0 / views) + 7.0
+    cams = make_cameras(el, az, 1.8, 50.0, 64, 64, light_dir=torch.tensor(LIGHT_DIR).expand(views, 3).contiguous())
+    gt = render_scene(ToyScene("torus", "red"), cams, ssaa=2)
+    origins, dirs = cams.rays()
+    background = gt["mask"][:, 0] < 0.5
+
+    rep = _dmtet(tet_resolution=R, radius=radius, init="ellipsoid", init_axes=[0.55, 0.22, 0.55])
+    start, _ = _largest_component(*rep.mesh())
+    assert start.is_watertight and start.euler_number == 2  # a sphere-like start: no hole yet
+    renderer = MeshRenderer(MeshRenderer.Config(backend="torch", shading="lambertian", ambient=AMBIENT, diffuse=1 - AMBIENT))
+    white = SolidBackground(SolidBackground.Config())
+    opt = torch.optim.Adam([
+        {"params": [rep.sdf_res, rep.deform_raw], "lr": 3e-3},
+        {"params": list(rep.albedo_grid.parameters()), "lr": 1e-2, "eps": 1e-15},
+        {"params": list(rep.albedo_mlp.parameters()), "lr": 1e-2},
+    ])
+    n = R + 1
+    for _ in range(160):
+        idx = torch.randint(views, (4,), generator=g).tolist()
+        out = renderer(rep, cams[idx], white)
+        loss = (out.rgb - gt["rgb"][idx]).abs().mean() + (out.alpha - gt["mask"][idx]).square().mean()
+        # carving: points on background rays inside the bounding sphere must be outside (SDF < 0)
+        o, d = origins[idx][background[idx]], dirs[idx][background[idx]]
+        b = (o * d).sum(-1)
+        disc = b * b - ((o * o).sum(-1) - 0.75**2)
+        o, d, b, half = o[disc > 0], d[disc > 0], b[disc > 0], disc[disc > 0].sqrt()
+        t = (-b - half)[:, None] + 2 * half[:, None] * torch.rand(len(o), 32, generator=g)
+        sdf = rep.sdf_init + rep.sdf_res
+        loss = loss + 5.0 * F.relu(_kuhn_sdf_at(sdf, o[:, None] + t[..., None] * d[:, None], R, radius)).mean()
+        s = sdf.view(n, n, n)
+        lap = (s[2:, 1:-1, 1:-1] + s[:-2, 1:-1, 1:-1] + s[1:-1, 2:, 1:-1] + s[1:-1, :-2, 1:-1]
+               + s[1:-1, 1:-1, 2:] + s[1:-1, 1:-1, :-2] - 6 * s[1:-1, 1:-1, 1:-1])
+        loss = loss + 0.005 * lap.square().mean() / rep.cell**2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    with torch.no_grad():
+        v, f = rep.mesh()
+    body, _ = _largest_component(v, f)
+    assert body.is_watertight
+    assert body.euler_number == 0, f"genus {(2 - body.euler_number) / 2}, want 1"
+    h = 0.01
+    xs = torch.arange(-0.6 + h / 2, 0.6, h, dtype=torch.float64)
+    inside = _inside_by_ray_parity(v, f, xs + 1.234e-5, xs, xs + 2.345e-5)  # offsets: no ray through a vertex
+    lattice = torch.stack(torch.meshgrid(xs, xs, xs, indexing="ij"), -1)
+    truth = sdf_shape("torus", lattice.reshape(-1, 3)).view(inside.shape) < 0
+    iou = ((truth & inside).sum() / (truth | inside).sum()).item()
+    assert iou > 0.85, f"IoU {iou:.3f}"
