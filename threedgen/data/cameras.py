@@ -178,10 +178,13 @@ class RandomCameraSampler:
     def resolution(self, step: int) -> tuple[int, int]:
         return int(round(self.cfg.width(step))), int(round(self.cfg.height(step)))
 
+    def batch_size(self, step: int) -> int:
+        return max(1, int(round(self.cfg.batch_size(step))))
+
     def sample(self, step: int, batch_size: Optional[int] = None) -> CameraBatch:
         cfg = self.cfg
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        B = batch_size or max(1, int(round(cfg.batch_size(step))))
+        B = batch_size or self.batch_size(step)
 
         def uniform(lo_hi):
             lo, hi = lo_hi

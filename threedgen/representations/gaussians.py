@@ -100,17 +100,19 @@ class DensifyConfig:
 
 
 class _GroupView:
-    """One named parameter group of a shared optimizer, shaped like the one-group optimizer gsplat's
-    strategy ops expect: ``param_groups[0]["params"]`` and ``state[param]`` are the real ones."""
+    """The parameter group of a shared optimizer that holds ``param``, shaped like the one-group
+    optimizer gsplat's strategy ops expect: ``param_groups[0]["params"]`` and ``state[param]`` are the
+    real ones. Found by identity, so the system may rename groups (particles get ``.p1`` suffixes);
+    the ops replace the group's parameter and the representation's together, so it stays findable."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, name: str):
-        self._opt, self.name = optimizer, name
+    def __init__(self, optimizer: torch.optim.Optimizer, param: torch.Tensor, name: str):
+        self._opt, self._param, self.name = optimizer, param, name
 
     @property
     def param_groups(self) -> list[dict]:
-        groups = [g for g in self._opt.param_groups if g.get("name") == self.name]
+        groups = [g for g in self._opt.param_groups if any(p is self._param for p in g["params"])]
         if len(groups) != 1:
-            raise RuntimeError(f"expected one optimizer group named {self.name!r}, found {len(groups)}")
+            raise RuntimeError(f"expected one optimizer group holding Gaussian parameter {self.name!r}, found {len(groups)}")
         return groups
 
     @property
@@ -314,7 +316,7 @@ class Gaussians(Representation):
         return [{"params": [p], "lr": lrs[k], "name": k, "eps": 1e-15} for k, p in self.params.items()]
 
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Give densification the optimizer whose groups are named like ``param_groups()``."""
+        """Give densification the optimizer built from ``param_groups()`` (groups found by parameter)."""
         self._optimizer = optimizer
 
     def update_step(self, epoch: int, step: int) -> None:
@@ -343,7 +345,7 @@ class Gaussians(Representation):
                 "densification needs the optimizer: call Gaussians.bind_optimizer(opt) with an optimizer built "
                 "from param_groups() (the generation system does this in configure_optimizers)"
             )
-        return {k: _GroupView(self._optimizer, k) for k in self.params}
+        return {k: _GroupView(self._optimizer, p, k) for k, p in self.params.items()}
 
     @torch.no_grad()
     def after_step(self, step: int, render_out) -> None:

@@ -132,9 +132,10 @@ class GenerationSystem(pl.LightningModule):
             groups.append(pg)  # only plain values: the optimizer state is pickled into checkpoints
         cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
         opt = cls(groups, lr=o.lr(0), betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-        bind = getattr(self.representation, "bind_optimizer", None)
-        if bind is not None:  # representations that resize their parameters (Gaussian densification)
-            bind(opt)
+        for i in range(self.cfg.particles):  # representations that resize their parameters (Gaussian densification)
+            bind = getattr(self.particle(i)[0], "bind_optimizer", None)
+            if bind is not None:
+                bind(opt)
         return opt
 
     def on_train_batch_start(self, batch, batch_idx):
@@ -168,7 +169,7 @@ class GenerationSystem(pl.LightningModule):
             cams = self.sampler.sample(step).to(self.device)
             out = self.render(cams, shading=self.cfg.shading)
             return out, cams, [(0, cams, out)]
-        B = len(self.sampler.sample(step))
+        B = self.sampler.batch_size(step)
         cams = self.sampler.sample(step, batch_size=B * len(ids)).to(self.device)  # one draw, split per particle
         parts = []
         for k, i in enumerate(ids):
@@ -210,7 +211,6 @@ class GenerationSystem(pl.LightningModule):
             logs[f"train/w_reg_{name}"] = w
         logs["train/loss"] = float(total.detach())
         logs["train/alpha_mean"] = float(out.alpha.detach().mean())
-        self._last_render = parts[0][2]
         self._particle_renders = parts
         self._step_logs = logs
         return total
