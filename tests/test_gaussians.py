@@ -74,6 +74,26 @@ def test_splat_data_interface():
     torch.testing.assert_close(d["logit_opacities"], torch.logit(torch.tensor(0.1)).expand(7))
 
 
+def test_min_scale_3d_filter_widens_small_gaussians_keeps_their_mass_and_is_exported():
+    torch.manual_seed(0)
+    rep = gaussians(init="sphere", num_points=50, init_scale=0.005, init_opacity=0.6, min_scale=0.02)
+    with torch.no_grad():
+        rep.params["scales"][:10] = math.log(0.5)  # a few big ones the filter barely changes
+    a = rep.activated()
+    s, o = torch.exp(rep.params["scales"]), torch.sigmoid(rep.params["opacities"])
+    assert (a["scales"] >= 0.02).all()
+    torch.testing.assert_close(a["scales"], (s.square() + 0.02**2).sqrt())
+    torch.testing.assert_close(a["opacities"] * a["scales"].prod(-1), o * s.prod(-1))  # mass kept
+    assert (a["opacities"][:10] > 0.59).all() and (a["opacities"][10:] < 0.05).all()
+    d = rep.splat_data()  # exports carry the filtered Gaussians, so viewers match the renders
+    torch.testing.assert_close(d["log_scales"].exp(), a["scales"].detach())
+    torch.testing.assert_close(torch.sigmoid(d["logit_opacities"]), a["opacities"].detach(), rtol=1e-4, atol=1e-6)
+    a["opacities"].sum().backward()  # the filter is differentiable w.r.t. the raw parameters
+    assert rep.params["scales"].grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="min_scale must be >= 0"):
+        gaussians(min_scale=-0.1)
+
+
 def test_renderer_output_and_gradients_reach_every_parameter():
     torch.manual_seed(0)
     rep = gaussians(num_points=200, sh_degree=1, init_opacity=0.5)

@@ -50,3 +50,32 @@ def test_dataset_captions_use_the_view_rule():
     for i, t in zip(idx.tolist(), texts):
         if t.endswith(" view"):
             assert t.endswith(f", {VIEWS[ds['view'][i]]} view")
+
+
+def test_dataset_marker_mask_covers_only_marker_scenes_and_front_views_show_more():
+    ds = build_dataset(views_per_scene=6, resolution=16, ssaa=1, seed=2)
+    m = ds["marker_mask"].float().flatten(1).sum(1) / 255.0
+    assert ds["marker_mask"].shape == (ds["images"].shape[0], 1, 16, 16)
+    assert m[ds["marker"] == 0].eq(0).all()  # no dot drawn, no dot pixels
+    front, back = VIEWS.index("front"), VIEWS.index("back")
+    with_dot = ds["marker"] == 1
+    assert m[with_dot & (ds["view"] == front)].min() > 0  # the dot faces +Z: always seen from the front
+    assert m[with_dot & (ds["view"] == back)].mean() < m[with_dot & (ds["view"] == front)].mean()
+
+
+def test_training_loss_weights_min_snr_and_marker_boost():
+    from threedgen.toy.train_prior import build_scheduler, loss_weights
+
+    ac = build_scheduler().alphas_cumprod.float()
+    t = torch.tensor([5, 500, 990])
+    marker = torch.zeros(3, 1, 8, 8)
+    marker[:, :, 4, 4] = 1.0
+    w = loss_weights(t, ac, marker, min_snr_gamma=5.0, marker_weight=3.0)
+    snr = ac[t] / (1 - ac[t])
+    expected_t = torch.minimum(snr, torch.tensor(5.0)) / snr
+    assert torch.allclose(w[:, 0, 0, 0], expected_t)  # away from the dot: the Min-SNR weight alone
+    assert expected_t[0] < 0.05 and expected_t[2] == 1.0  # nearly clean steps are damped, noisy ones kept
+    assert torch.allclose(w[:, 0, 3:6, 3:6], 4.0 * expected_t.view(3, 1, 1))  # dot dilated by one pixel
+    assert torch.allclose(w[:, 0, 2, 2], expected_t)
+    plain = loss_weights(t, ac, marker, min_snr_gamma=0.0, marker_weight=0.0)
+    assert torch.equal(plain, torch.ones_like(plain))

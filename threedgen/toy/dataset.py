@@ -27,6 +27,9 @@ from .render import render_scene
 RENDER_VERSION = 1
 """Bump when the renderer's output changes, so stale caches are not reused."""
 
+DATASET_VERSION = 2
+"""Bump when the cached fields change (2: per-pixel marker coverage for the marker-weighted loss)."""
+
 CAPTION_MIX = (0.10, 0.30, 0.60)
 """Probabilities of (empty caption, caption without view word, caption with view word)."""
 
@@ -35,6 +38,7 @@ def _key(views_per_scene: int, resolution: int, ssaa: int, seed: int) -> str:
     blob = json.dumps(
         dict(
             v=RENDER_VERSION,
+            fields=DATASET_VERSION,
             views=views_per_scene,
             res=resolution,
             ssaa=ssaa,
@@ -53,7 +57,8 @@ def _key(views_per_scene: int, resolution: int, ssaa: int, seed: int) -> str:
 def build_dataset(views_per_scene: int = 120, resolution: int = 32, ssaa: int = 2, seed: int = 0) -> dict:
     """Render all ``world.all_scenes()`` from ``views_per_scene`` random ``TOY_CAMERAS`` views each.
 
-    Returns a dict of tensors: ``images`` uint8 [N,3,R,R]; ``scene``, ``shape``, ``colour``, ``marker``,
+    Returns a dict of tensors: ``images`` uint8 [N,3,R,R]; ``marker_mask`` uint8 [N,1,R,R] (the marker's
+    pixel coverage, 0-255); ``scene``, ``shape``, ``colour``, ``marker``,
     ``view`` long [N]; ``elevation``, ``azimuth`` (degrees), ``distance``, ``fovy`` (degrees) float [N].
     """
     scenes = W.all_scenes()
@@ -67,6 +72,7 @@ def build_dataset(views_per_scene: int = 120, resolution: int = 32, ssaa: int = 
     el, az = cams.elevation_deg, cams.azimuth_deg
     return dict(
         images=images,
+        marker_mask=(out["marker"].clamp(0, 1) * 255).round().to(torch.uint8),
         scene=scene_idx,
         shape=torch.tensor([W.SHAPES.index(scenes[i].shape) for i in scene_idx.tolist()]),
         colour=torch.tensor([W.COLOUR_NAMES.index(scenes[i].colour) for i in scene_idx.tolist()]),
