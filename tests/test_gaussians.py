@@ -410,3 +410,39 @@ def test_nerf_stage_hands_over_to_a_gaussian_stage(tmp_path):
     rep = g_system.representation
     assert isinstance(rep, Gaussians) and rep.num_gaussians == 256
     assert rep.params["means"].norm(dim=-1).max() < 0.6  # inside the NeRF's initial density blob
+
+
+def test_every_particle_densifies_with_its_own_renamed_optimizer_groups():
+    """system.particles=2 renames particle 1's groups ``means.p1`` ...; densification must still find them."""
+    from threedgen.config import validate
+    from threedgen.systems.runner import build_system
+
+    raw = {
+        "trainer": {"max_steps": 2},
+        "data": {"batch_size": 2, "width": 32, "height": 32},
+        "system": {
+            "prompt": "a red cube",
+            "particles": 2,
+            "representation": {"name": "gaussians", "num_points": 300, "init_radius": 0.4, "init_opacity": 0.5,
+                               "densify": {"grow_grad2d": 0.0, "grow_scale3d": 0.01, "refine_start_iter": 0,
+                                           "refine_every": 1, "reset_every": 0}},
+            "renderer": {"name": "gaussian"},
+            "guidance": [{"name": "sds", "prior": {"model": str(ROOT / "assets" / "toy-prior"), "device": "cpu"}}],
+        },
+    }
+    torch.manual_seed(0)
+    s = build_system(validate(raw))
+    opt = s.configure_optimizers()
+    s.prepare_prompts()
+    opt.zero_grad()
+    s.training_step(None, 0).backward()
+    opt.step()
+    for i, _, render in s._particle_renders:
+        s.particle(i)[0].after_step(1, render)
+    groups = {pg["name"]: pg["params"][0] for pg in opt.param_groups}
+    for i, suffix in ((0, ""), (1, ".p1")):
+        rep = s.particle(i)[0]
+        assert rep.num_gaussians > 300, f"particle {i} did not densify"
+        for name, p in rep.params.items():
+            assert groups[name + suffix] is p  # the optimizer now holds the resized tensor
+            assert opt.state[p]["exp_avg"].shape == p.shape
