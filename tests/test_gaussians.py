@@ -438,11 +438,14 @@ def test_every_particle_densifies_with_its_own_renamed_optimizer_groups():
     s.training_step(None, 0).backward()
     opt.step()
     for i, _, render in s._particle_renders:
+        with torch.no_grad():  # 20 transparent ones, so this step both grows and prunes (two tensor swaps)
+            s.particle(i)[0].params["opacities"][:20] = -10.0
         s.particle(i)[0].after_step(1, render)
     groups = {pg["name"]: pg["params"][0] for pg in opt.param_groups}
     for i, suffix in ((0, ""), (1, ".p1")):
         rep = s.particle(i)[0]
         assert rep.num_gaussians > 300, f"particle {i} did not densify"
+        assert (rep.params["opacities"] > -10.0).all(), f"particle {i} did not prune"
         for name, p in rep.params.items():
             assert groups[name + suffix] is p  # the optimizer now holds the resized tensor
             assert opt.state[p]["exp_avg"].shape == p.shape

@@ -102,18 +102,19 @@ class DensifyConfig:
 class _GroupView:
     """The parameter group of a shared optimizer that holds ``param``, shaped like the one-group
     optimizer gsplat's strategy ops expect: ``param_groups[0]["params"]`` and ``state[param]`` are the
-    real ones. Found by identity, so the system may rename groups (particles get ``.p1`` suffixes);
-    the ops replace the group's parameter and the representation's together, so it stays findable."""
+    real ones. The group is found by parameter identity once, when the view is made (the system may
+    rename groups: particles get ``.p1`` suffixes), and kept: the ops swap the tensor inside that same
+    group dict, so a grow followed by a prune in one step still reaches it."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, param: torch.Tensor, name: str):
-        self._opt, self._param, self.name = optimizer, param, name
+        groups = [g for g in optimizer.param_groups if any(p is param for p in g["params"])]
+        if len(groups) != 1:
+            raise RuntimeError(f"expected one optimizer group holding Gaussian parameter {name!r}, found {len(groups)}")
+        self._opt, self._group, self.name = optimizer, groups[0], name
 
     @property
     def param_groups(self) -> list[dict]:
-        groups = [g for g in self._opt.param_groups if any(p is self._param for p in g["params"])]
-        if len(groups) != 1:
-            raise RuntimeError(f"expected one optimizer group holding Gaussian parameter {self.name!r}, found {len(groups)}")
-        return groups
+        return [self._group]
 
     @property
     def state(self):
