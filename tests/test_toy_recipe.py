@@ -9,15 +9,17 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "configs" / "toy" / "sds-nerf.yaml"
+RECIPES = [ROOT / "configs" / "toy" / "sds-gaussian.yaml", ROOT / "configs" / "toy" / "sds-nerf.yaml"]
 PRIOR = ROOT / "assets" / "toy-prior"
 PROMPT = "a purple torus"
 
 pytestmark = pytest.mark.skipif(not (PRIOR / "unet").is_dir(), reason="assets/toy-prior is not trained")
 
 
-def test_default_recipe_makes_the_prompted_object(tmp_path):
-    """Scored over the fixed ToyBench orbit against the untrained scene (the density blob).
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_default_recipe_makes_the_prompted_object(tmp_path, recipe):
+    """Scored over the fixed ToyBench orbit against the untrained scene (the density blob or the
+    random Gaussian ball). The README's main job runs the Gaussian recipe; ToyBench's gate the NeRF one.
 
     A torus because its silhouette is far from the initial blob's, so the IoU gain is the shape's own
     (a sphere starts close to the blob; the cube is the toy prior's hardest shape, README). The
@@ -31,10 +33,10 @@ def test_default_recipe_makes_the_prompted_object(tmp_path):
     overrides = [f"system.prompt={PROMPT}", "trainer.max_steps=300", "trainer.val_every=0", "trainer.test_views=2",
                  "trainer.test_resolution=32", "trainer.export_at_end=false"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--config", str(RECIPE), "--train", "-q", *overrides],
+    r = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--config", str(recipe), "--train", "-q", *overrides],
                        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    cfg, _ = load_config(RECIPE, overrides)
+    cfg, _ = load_config(recipe, overrides)
     (run,) = (tmp_path / "outputs" / cfg.name).iterdir()
     scene = parse_prompt(PROMPT)
 
