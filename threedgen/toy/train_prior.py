@@ -272,7 +272,7 @@ def main(argv=None) -> None:
         decay = min(args.ema, (1 + step) / (10 + step))
         _ema_update(ema, [p.detach() for p in params], decay)
         step += 1
-        losses.append(float(loss))  # plain MSE
+        losses.append(float(loss))
         elapsed = time.time() - t_start
         bar.update(1)
         if step % 20 == 0:
