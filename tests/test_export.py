@@ -52,7 +52,7 @@ class Ball:
 
 
 def cfg(**kw) -> ExportConfig:
-    base = {"resolution": 48, "texture_size": 256, "target_faces": 3000, "formats": ["glb", "obj"]}
+    base = {"mesher": "density", "resolution": 48, "texture_size": 256, "target_faces": 3000, "formats": ["glb", "obj"]}
     return from_dict(ExportConfig, {**base, **kw})
 
 
@@ -458,7 +458,7 @@ def test_nerf_export_through_runner_skips_splat_formats(tmp_path, caplog):
     torch.manual_seed(0)
     nerf = NeRF(from_dict(NeRF.Config, {"grid": {"n_levels": 4, "log2_hashmap_size": 12, "base_resolution": 8, "max_resolution": 32},
                                        "mlp_width": 16, "normals": "none"}))
-    c = from_dict(ExportConfig, {"resolution": 32, "texture_size": 64, "target_faces": 500})
+    c = from_dict(ExportConfig, {"mesher": "density", "resolution": 32, "texture_size": 64, "target_faces": 500})
     with caplog.at_level("INFO", logger="threedgen"):
         paths = runner.export(SimpleNamespace(representation=nerf), SimpleNamespace(export=c), tmp_path)
     assert sorted(p.name for p in paths) == ["model.glb", "model.mtl", "model.obj", "model_basecolor.png"]
@@ -476,7 +476,7 @@ def test_dmtet_exports_its_own_mesh_textured_and_valid(tmp_path):
     grid = {"n_levels": 4, "log2_hashmap_size": 12, "base_resolution": 8, "max_resolution": 32}
     rep = DMTet(from_dict(DMTet.Config, {"tet_resolution": 16, "init_radius": 0.4, "albedo_grid": grid, "mlp_width": 16,
                                          "tet_cache_dir": str(tmp_path / "tets")}))
-    c = from_dict(ExportConfig, {"texture_size": 64, "target_faces": 400, "formats": ["glb"]})
+    c = from_dict(ExportConfig, {"mesher": "density", "texture_size": 64, "target_faces": 400, "formats": ["glb"]})
     (path,) = runner.export(SimpleNamespace(representation=rep), SimpleNamespace(export=c), tmp_path)
     issues = validate_glb(path)
     assert issues["numErrors"] == 0 and issues["numWarnings"] == 0, issues["messages"][:5]
@@ -495,7 +495,7 @@ def test_real_gaussians_export_splats_that_read_back_as_their_parameters(tmp_pat
     torch.manual_seed(0)
     rep = Gaussians(from_dict(Gaussians.Config, {"init": "sphere", "num_points": 400, "init_radius": 0.3,
                                                  "init_opacity": 0.8, "init_color": [0.9, 0.1, 0.1]}))
-    c = from_dict(ExportConfig, {"resolution": 32, "texture_size": 64, "target_faces": 500, "splat_axes": "rub",
+    c = from_dict(ExportConfig, {"mesher": "density", "resolution": 32, "texture_size": 64, "target_faces": 500, "splat_axes": "rub",
                                  "formats": ["glb", "ply", "splat"]})
     paths = runner.export(SimpleNamespace(representation=rep), SimpleNamespace(export=c), tmp_path)
     assert sorted(p.name for p in paths) == ["gaussians.ply", "gaussians.splat", "model.glb"]

@@ -263,16 +263,31 @@ class ExportConfig:
         default_factory=lambda: ["glb", "obj", "ply", "splat", "spz", "splat_glb"]
     )
     """Mesh formats (glb, obj) for every representation; splat formats (ply, splat, spz, splat_glb) for Gaussian scenes."""
+    mesher: Literal["solid", "density"] = "solid"
+    """solid: a closed surface fused from the representation's renders (alpha carving + depth TSDF), refined
+    against them; density: marching cubes of the representation's own density at ``threshold`` (the old path)."""
     resolution: int = 128
-    """Marching-cubes grid resolution."""
+    """Marching-cubes grid resolution (voxels along the object's longest side for the solid mesher)."""
     threshold: Union[float, Literal["auto"]] = "auto"
-    """Isosurface level (density units of the representation); auto: where renders put the surface."""
+    """density mesher: isosurface level (density units of the representation); auto: where renders put the surface."""
+    views: int = 40
+    """Export views (a Fibonacci sphere, top and bottom included) that the solid mesher, refinement, texture fit and report use."""
+    view_resolution: int = 128
+    """Pixels per side of each export view."""
+    refine_steps: int = 100
+    """Vertex-refinement steps against the renders' alpha and depth (0: off)."""
+    refine_lr: float = 0.001
+    """Refinement step size as a fraction of the object's size."""
+    decimate_tolerance: float = 0.003
+    """Largest distance the decimated surface may move, as a fraction of the object's size (solid mesher)."""
+    texture_fit_steps: int = 40
+    """Adam steps fitting the texture to the renders after back-projection (0: back-projection only)."""
     pivot: Literal["center", "bottom"] = "center"
     """center: keep the world origin; bottom: origin at the bottom centre of the mesh's bounding box."""
     size_m: Optional[float] = None
     """Scale the mesh uniformly to this height in metres (None: keep scene units = metres)."""
-    target_faces: int = 50000
-    """Quadric decimation target before UV unwrapping (0: no decimation)."""
+    target_faces: int = 20000
+    """Face budget: the most faces the mesh may have (solid mesher: fewer where the tolerance allows; 0: no cap)."""
     min_component_fraction: float = 0.05
     """Drop connected components with fewer faces than this fraction of the largest one (floaters)."""
     texture_size: int = 1024
@@ -287,6 +302,12 @@ class ExportConfig:
     def __post_init__(self):
         checks = [
             ("resolution", 16 <= self.resolution <= 1024, "an int in [16, 1024]"),
+            ("views", 6 <= self.views <= 512, "an int in [6, 512]"),
+            ("view_resolution", 32 <= self.view_resolution <= 2048, "an int in [32, 2048]"),
+            ("refine_steps", self.refine_steps >= 0, "an int >= 0 (0: no refinement)"),
+            ("refine_lr", 0.0 < self.refine_lr <= 0.1, "a fraction of the object's size in (0, 0.1]"),
+            ("decimate_tolerance", 0.0 <= self.decimate_tolerance <= 0.1, "a fraction of the object's size in [0, 0.1]"),
+            ("texture_fit_steps", self.texture_fit_steps >= 0, "an int >= 0"),
             ("target_faces", self.target_faces == 0 or self.target_faces >= 100, "0 (off) or at least 100"),
             ("min_component_fraction", 0.0 <= self.min_component_fraction <= 1.0, "a fraction in [0, 1]"),
             ("texture_size", 16 <= self.texture_size <= 8192, "an int in [16, 8192], e.g. 1024 or 2048"),

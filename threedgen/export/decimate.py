@@ -1,4 +1,14 @@
-"""Stage 3: quadric-error decimation (Garland & Heckbert 1997) to a triangle budget, via fast-simplification.
+"""Stage 3: quadric-error decimation (Garland & Heckbert 1997, via fast-simplification) to a face budget.
+
+Two modes:
+
+- ``decimate(v, f, target)``: about ``target`` triangles (the ``density`` mesher's behaviour);
+- ``decimate_bounded(v, f, max_faces, tolerance)``: the *fewest* faces whose surface stays within
+  ``tolerance`` (metres) of the input and keeps it closed with the same Euler characteristic, but
+  never more than ``max_faces``. The collapse order of quadric decimation is fixed, so the error
+  grows (nearly) monotonically as the count falls: a bisection over the face count finds the
+  smallest count that passes. Flat regions collapse to a few large triangles, curved ones keep
+  what they need, so a clean box ends with tens of faces and a sphere with a few thousand.
 
 Decimating *before* the UV unwrap is what keeps xatlas fast (threestudio#511: >1 h on an undecimated mesh).
 """
@@ -8,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cleanup import compact
+from .topology import mesh_stats
 
 
 def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[np.ndarray, np.ndarray]:
@@ -22,3 +33,84 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tupl
     f = np.asarray(f, dtype=np.int64)
     f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])]
     return compact(np.asarray(v, dtype=np.float32), f)
+
+
+def point_mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, k: int = 16) -> np.ndarray:
+    """Distance [N] from each point to the mesh (exact point-triangle distance over the ``k`` triangles
+    with the nearest centroids; an over-estimate only where a huge triangle's centroid is far, which
+    makes the bound conservative)."""
+    from scipy.spatial import cKDTree
+
+    tri = vertices[faces].astype(np.float64)  # [F,3,3]
+    k = min(k, len(faces))
+    _, idx = cKDTree(tri.mean(1)).query(points, k=k, workers=-1)
+    idx = np.asarray(idx).reshape(len(points), k)
+    return np.sqrt(_point_triangle_d2(points[:, None, :].astype(np.float64), tri[idx]).min(1))
+
+
+def _point_triangle_d2(p: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Squared distance from points p [...,3] to triangles t [...,3,3] (Eberly's region tests, vectorised
+    as: the plane projection if it is inside, else the nearest of the three edge segments)."""
+    a, b, c = t[..., 0, :], t[..., 1, :], t[..., 2, :]
+    n = np.cross(b - a, c - a)
+    nn = np.maximum((n * n).sum(-1), 1e-30)
+    d = ((p - a) * n).sum(-1)
+    q = p - (d / nn)[..., None] * n
+    inside = np.ones(d.shape, bool)
+    for u, v in ((a, b), (b, c), (c, a)):
+        inside &= (np.cross(v - u, q - u) * n).sum(-1) >= 0
+    best = np.where(inside, d * d / nn, np.inf)
+    for u, v in ((a, b), (b, c), (c, a)):
+        e = v - u
+        s = np.clip(((p - u) * e).sum(-1) / np.maximum((e * e).sum(-1), 1e-30), 0, 1)
+        r = p - (u + s[..., None] * e)
+        best = np.minimum(best, (r * r).sum(-1))
+    return best
+
+
+def decimate_bounded(vertices: np.ndarray, faces: np.ndarray, max_faces: int, tolerance: float,
+                     min_faces: int = 12, probes: int = 20000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(vertices, faces, info): the fewest faces within ``tolerance`` of the input (max distance from a sample
+    of its vertices), closed with the input's Euler characteristic; at most ``max_faces`` (0: no cap).
+
+    ``info``: {faces, error (m) of the result, tried (counts tested)}.
+    """
+    ref = mesh_stats(vertices, faces)
+    rng = np.random.default_rng(seed)
+    sample = vertices[rng.choice(len(vertices), min(probes, len(vertices)), replace=False)].astype(np.float64)
+    cap = len(faces) if max_faces <= 0 else min(max_faces, len(faces))
+    tried: dict[int, tuple[bool, float]] = {}
+
+    def attempt(n: int):
+        v, f = decimate(vertices, faces, n)
+        st = mesh_stats(v, f)
+        ok_topo = st["watertight"] == ref["watertight"] and st["euler"] == ref["euler"] and st["components"] == ref["components"]
+        err = float(point_mesh_distance(sample, v, f).max()) if ok_topo else float("inf")
+        tried[n] = (ok_topo and err <= tolerance, err)
+        return v, f, ok_topo, err
+
+    best = None
+    v, f, ok_topo, err = attempt(cap)
+    if ok_topo:
+        best = (v, f, err)  # the budget is a hard maximum: keep it even if it exceeds the tolerance
+    lo, hi = min_faces, cap  # invariant: hi passes (or is the cap), lo - 1 is unknown/failing
+    if best is not None and err <= tolerance:
+        while hi - lo > max(8, hi // 20):  # 5 % precision on the count
+            mid = int(np.sqrt(lo * hi))  # bisection in log space: counts span orders of magnitude
+            v2, f2, ok2, err2 = attempt(mid)
+            if ok2 and err2 <= tolerance:
+                best, hi = (v2, f2, err2), mid
+            else:
+                lo = mid + 1
+    if best is None:  # even the cap broke the topology: step up the count until it holds
+        n = cap
+        while n < len(faces):
+            n = min(len(faces), int(n * 1.25) + 1)
+            v, f, ok_topo, err = attempt(n)
+            if ok_topo:
+                best = (v, f, err)
+                break
+        if best is None:
+            best = (vertices, faces, 0.0)
+    v, f, err = best
+    return v, f, {"faces": int(len(f)), "error": err, "tried": sorted(tried)}

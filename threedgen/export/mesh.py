@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,9 @@ class TexturedMesh:
     faces: np.ndarray  # [F,3] int64, counter-clockwise seen from outside
     texture: np.ndarray  # [T,T,3] uint8 sRGB
     timings: dict
+    placement: tuple = (np.zeros(3), 1.0)  # (offset, scale): positions = (world - offset) * scale
+    views: object = None  # the ViewSet the mesh was taken from / is checked against (None: no renderer given)
+    info: dict = field(default_factory=dict)  # per-stage figures for the report
 
 
 @contextmanager
@@ -68,19 +71,89 @@ def pivot_offset(v: np.ndarray, pivot: str) -> np.ndarray:
     return np.array([(lo[0] + hi[0]) / 2, lo[1], (lo[2] + hi[2]) / 2], dtype=v.dtype)
 
 
-def place(v: np.ndarray, pivot: str, size_m: float | None) -> np.ndarray:
-    """Move the pivot to the origin and, if ``size_m`` is set, scale uniformly to that height (Y extent)."""
-    out = v - pivot_offset(v, pivot)
+def placement(v: np.ndarray, pivot: str, size_m: float | None) -> tuple[np.ndarray, float]:
+    """(offset, scale) that ``place`` applies: placed = (v - offset) * scale."""
+    scale = 1.0
     if size_m is not None:
         height = float(v[:, 1].max() - v[:, 1].min())
         if height <= 0:
             raise ValueError("export.size_m cannot scale a mesh of zero height")
-        out = out * (size_m / height)
-    return out.astype(np.float32)
+        scale = size_m / height
+    return pivot_offset(v, pivot), scale
 
 
-def build_textured_mesh(representation, cfg) -> TexturedMesh:
-    """Run every stage on ``representation`` with the ``export`` config ``cfg``."""
+def place(v: np.ndarray, pivot: str, size_m: float | None) -> np.ndarray:
+    """Move the pivot to the origin and, if ``size_m`` is set, scale uniformly to that height (Y extent)."""
+    offset, scale = placement(v, pivot, size_m)
+    return ((v - offset) * scale).astype(np.float32)
+
+
+def build_textured_mesh(representation, cfg, render=None) -> TexturedMesh:
+    """Run every stage on ``representation`` with the ``export`` config ``cfg``.
+
+    ``render`` (cameras -> RenderOutput, unlit colour over black; see ``views.RenderFn``) is what the
+    solid mesher, the refinement, the texture fit and the report read; ``export.mesher=density`` works
+    without it (marching cubes of ``representation.isosurface``, texture sampled from ``albedo_at``).
+    """
+    from .extract import check_finite_parameters
+
+    check_finite_parameters(representation)
+    if cfg.mesher == "solid":
+        if render is None:
+            raise ValueError("export.mesher=solid needs the representation's renderer (export from a run); "
+                             "use export.mesher=density for a bare density field")
+        return _solid_mesh(render, cfg)
+    mesh = _density_mesh(representation, cfg)
+    if render is not None:
+        from .views import capture
+
+        with _stage("views", mesh.timings):
+            mesh.views = capture(render, cfg.views, cfg.view_resolution)
+    return mesh
+
+
+def _solid_mesh(render, cfg) -> TexturedMesh:
+    from .bake import unwrap, vertex_normals
+    from .decimate import decimate_bounded
+    from .refine import refine_surface
+    from .solid import solid_surface
+    from .texture_fit import fit_texture
+    from .views import capture
+
+    t: dict = {}
+    info: dict = {"mesher": "solid"}
+    with _stage("views", t):
+        views = capture(render, cfg.views, cfg.view_resolution)
+    size = float((views.hi - views.lo).max())
+    log.info("export: views %.1fs: %d views at %d px, object %.3f m across", t["views"], len(views), cfg.view_resolution, size)
+    with _stage("solid", t):
+        v, f = solid_surface(views, cfg.resolution)
+    log.info("export: solid %.1fs: %d faces from a %d^3 grid", t["solid"], len(f), cfg.resolution)
+    if cfg.refine_steps > 0:
+        with _stage("refine", t):
+            # refine a lighter mesh (within half a voxel of the grid's): the cost per step follows the face count
+            cell = size / (cfg.resolution - 1)
+            cap = min(2 * cfg.target_faces, 40000) if cfg.target_faces > 0 else 40000
+            v, f, _ = decimate_bounded(v, f, cap, 0.5 * cell)
+            v, info["refine"] = refine_surface(v, f, views, steps=cfg.refine_steps, lr=cfg.refine_lr)
+    with _stage("decimation", t):
+        v, f, info["decimation"] = decimate_bounded(v, f, cfg.target_faces, cfg.decimate_tolerance * size)
+    log.info("export: decimation %.1fs: %d faces (budget %s, error %.4f m)", t["decimation"], len(f),
+             cfg.target_faces or "none", info["decimation"]["error"])
+    with _stage("unwrap", t):
+        vmap, fuv, uv = unwrap(v, f, cfg.texture_size)
+    with _stage("texture", t):
+        positions = v[vmap]
+        tex, info["texture"] = fit_texture(positions, fuv, uv, views, cfg.texture_size, cfg.dilation, steps=cfg.texture_fit_steps)
+        normals = vertex_normals(v, f)[vmap]  # from the unsplit mesh: no shading crease along UV seams
+    texture = (tex.numpy() * 255 + 0.5).astype(np.uint8)
+    mesh = TexturedMesh(place(positions, cfg.pivot, cfg.size_m), normals, uv, fuv, texture, t,
+                        placement(positions, cfg.pivot, cfg.size_m))
+    mesh.views, mesh.info = views, info
+    return mesh
+
+
+def _density_mesh(representation, cfg) -> TexturedMesh:
     from .bake import bake_albedo, unwrap, vertex_normals
     from .cleanup import keep_large_components
     from .decimate import decimate
@@ -106,7 +179,10 @@ def build_textured_mesh(representation, cfg) -> TexturedMesh:
         normals = vertex_normals(v, f)[vmap]  # from the unsplit mesh: no shading crease along UV seams
     log.info("export: bake %.2fs: %dx%d texture", t["bake"], cfg.texture_size, cfg.texture_size)
     texture = (tex.numpy() * 255 + 0.5).astype(np.uint8)
-    return TexturedMesh(place(positions, cfg.pivot, cfg.size_m), normals, uv, fuv, texture, t)
+    mesh = TexturedMesh(place(positions, cfg.pivot, cfg.size_m), normals, uv, fuv, texture, t,
+                        placement(positions, cfg.pivot, cfg.size_m))
+    mesh.info = {"mesher": "density", "threshold": thr}
+    return mesh
 
 
 def encode_textured_mesh(mesh: TexturedMesh, cfg) -> dict[str, bytes]:
@@ -130,11 +206,12 @@ def encode_textured_mesh(mesh: TexturedMesh, cfg) -> dict[str, bytes]:
 
 
 class MeshExporter:
-    """Registered exporter ``mesh``: textured ``model.glb`` and ``model.obj`` (+ ``.mtl`` + PNG).
+    """Registered exporter ``mesh``: textured ``model.glb`` and ``model.obj`` (+ ``.mtl`` + PNG), and with a
+    renderer ``preview.png`` + ``report.json`` (``report.py``).
 
-    Works for any representation with ``isosurface(resolution, threshold)`` and ``albedo_at(points)``
-    (NeRF, DMTet; Gaussians through ``splat_field.SplatField``). Its settings are the run's
-    ``export`` section.
+    ``export.mesher=solid`` (default) needs ``render`` (see ``build_textured_mesh``); ``density`` works for any
+    representation with ``isosurface(resolution, threshold)`` and ``albedo_at(points)`` (NeRF, DMTet;
+    Gaussians through ``splat_field.SplatField``). Its settings are the run's ``export`` section.
     """
 
     @dataclass
@@ -143,14 +220,40 @@ class MeshExporter:
 
     def __init__(self, cfg=None):
         self.cfg = cfg
+        self.report: dict | None = None
 
-    def encode(self, representation, export_cfg) -> dict[str, bytes]:
+    def encode(self, representation, export_cfg, render=None) -> dict[str, bytes]:
+        """{file name: bytes}; with ``render`` and a GLB, also the preview and report (``self.report``)."""
         if not any(f in export_cfg.formats for f in MESH_FORMATS):
             return {}
-        return encode_textured_mesh(build_textured_mesh(representation, export_cfg), export_cfg)
+        mesh = build_textured_mesh(representation, export_cfg, render)
+        files = encode_textured_mesh(mesh, export_cfg)
+        if mesh.views is not None and "model.glb" in files:
+            files.update(self._report(files["model.glb"], mesh))
+        return files
 
-    def __call__(self, representation, export_cfg, folder: Path) -> list[Path]:
+    def _report(self, glb: bytes, mesh: TexturedMesh) -> dict[str, bytes]:
+        """Write the GLB to a scratch file, read it back with trimesh and compare it with the renders."""
+        import os
+        import tempfile
+
+        from .report import asset_report, summary_line
+
+        t0 = time.perf_counter()
+        fd, tmp = tempfile.mkstemp(suffix=".glb")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(glb)
+            report, files = asset_report(Path(tmp), mesh.views, mesh.timings, mesh.info, placement=mesh.placement, started=t0)
+        finally:
+            os.remove(tmp)
+        self.report = report
+        log.info(summary_line(report))
+        print(summary_line(report), flush=True)
+        return files
+
+    def __call__(self, representation, export_cfg, folder: Path, render=None) -> list[Path]:
         from .files import check_writable, write_files
 
         check_writable(folder)
-        return write_files(folder, self.encode(representation, export_cfg))
+        return write_files(folder, self.encode(representation, export_cfg, render))

@@ -261,8 +261,10 @@ def test_renders(system, cfg: RunConfig, run_dir: Path) -> Path:
 def export(system, cfg: RunConfig, run_dir: Path) -> list[Path]:
     """Write ``cfg.export.formats`` into ``run_dir/export``: all files or none (see export/files.py).
 
-    A representation with ``splat_data()`` (Gaussians) gets the splat formats plus a textured mesh
-    of its density field; any other (NeRF, DMTet) gets the textured mesh of its own isosurface.
+    A representation with ``splat_data()`` (Gaussians) gets the splat formats; every representation gets
+    a textured mesh, taken from its own renders (``export.mesher=solid``, the renderer is the run's) or
+    from its density (``density``: the Gaussians' splatted density field, NeRF's, DMTet's own), plus the
+    report and preview when a renderer is available.
     """
     from .. import registry
     from ..export.files import check_writable, write_files
@@ -273,15 +275,35 @@ def export(system, cfg: RunConfig, run_dir: Path) -> list[Path]:
     files: dict = {}
     surface = rep
     if hasattr(rep, "splat_data"):
-        from ..export.splat_field import SplatField
-
         files.update(registry.get("exporter", "gaussians")().encode(rep, cfg.export))
-        surface = SplatField(rep.splat_data())
+        if cfg.export.mesher == "density":
+            from ..export.splat_field import SplatField
+
+            surface = SplatField(rep.splat_data())
     else:
         skipped = [f for f in cfg.export.formats if f not in ("glb", "obj")]
         if skipped:
             log.info("export: %s skipped: %s has no Gaussians", ", ".join(skipped), type(rep).__name__)
-    files.update(registry.get("exporter", "mesh")().encode(surface, cfg.export))
+    files.update(registry.get("exporter", "mesh")().encode(surface, cfg.export, render=scene_render(system)))
     if not files:
         raise ValueError(f"export.formats {cfg.export.formats} produce no file for a {type(rep).__name__}; add glb or obj")
     return write_files(folder, files)
+
+
+def scene_render(system):
+    """cameras -> RenderOutput of particle 0, unlit (albedo) over black, in eval mode: what the export reads."""
+    from ..export.refine import black
+
+    if getattr(system, "renderer", None) is None:
+        return None
+
+    def render(cameras):
+        was_training = system.training
+        system.eval()
+        try:
+            with torch.no_grad():
+                return system.renderer(system.representation, cameras.to(system.device), black, shading="albedo")
+        finally:
+            system.train(was_training)
+
+    return render
