@@ -35,17 +35,34 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tupl
     return compact(np.asarray(v, dtype=np.float32), f)
 
 
-def point_mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, k: int = 16) -> np.ndarray:
-    """Distance [N] from each point to the mesh (exact point-triangle distance over the ``k`` triangles
-    with the nearest centroids; an over-estimate only where a huge triangle's centroid is far, which
-    makes the bound conservative)."""
-    from scipy.spatial import cKDTree
+class SurfaceDistance:
+    """Distance from points to a fixed, dense, regular mesh (the mesh before decimation): the exact
+    point-triangle distance over the ``k`` triangles with the nearest centroids, which on a regular
+    mesh always include the nearest triangle."""
 
-    tri = vertices[faces].astype(np.float64)  # [F,3,3]
-    k = min(k, len(faces))
-    _, idx = cKDTree(tri.mean(1)).query(points, k=k, workers=-1)
-    idx = np.asarray(idx).reshape(len(points), k)
-    return np.sqrt(_point_triangle_d2(points[:, None, :].astype(np.float64), tri[idx]).min(1))
+    def __init__(self, vertices: np.ndarray, faces: np.ndarray, k: int = 8):
+        from scipy.spatial import cKDTree
+
+        self.tri = vertices[faces].astype(np.float64)
+        self.tree = cKDTree(self.tri.mean(1))
+        self.k = min(k, len(faces))
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        _, idx = self.tree.query(points, k=self.k, workers=-1)
+        idx = np.asarray(idx).reshape(len(points), self.k)
+        return np.sqrt(_point_triangle_d2(points[:, None, :].astype(np.float64), self.tri[idx]).min(1))
+
+
+def surface_samples(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """The vertices plus ``n`` area-uniform random points of the mesh's surface."""
+    tri = vertices[faces].astype(np.float64)
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    rng = np.random.default_rng(seed)
+    owner = rng.choice(len(faces), n, p=area / max(area.sum(), 1e-30))
+    r1, r2 = rng.random((2, n))
+    s1 = np.sqrt(r1)
+    w = np.stack([1 - s1, s1 * (1 - r2), s1 * r2], 1)
+    return np.concatenate([vertices.astype(np.float64), np.einsum("nk,nkd->nd", w, tri[owner])])
 
 
 def _point_triangle_d2(p: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -70,14 +87,14 @@ def _point_triangle_d2(p: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 def decimate_bounded(vertices: np.ndarray, faces: np.ndarray, max_faces: int, tolerance: float,
                      min_faces: int = 12, probes: int = 20000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(vertices, faces, info): the fewest faces within ``tolerance`` of the input (max distance from a sample
-    of its vertices), closed with the input's Euler characteristic; at most ``max_faces`` (0: no cap).
+    """(vertices, faces, info): the fewest faces within ``tolerance`` of the input (largest distance from the
+    result's vertices and ``probes`` points of its surface to the input surface), closed with the input's
+    Euler characteristic; at most ``max_faces`` (0: no cap).
 
     ``info``: {faces, error (m) of the result, tried (counts tested)}.
     """
     ref = mesh_stats(vertices, faces)
-    rng = np.random.default_rng(seed)
-    sample = vertices[rng.choice(len(vertices), min(probes, len(vertices)), replace=False)].astype(np.float64)
+    distance = SurfaceDistance(vertices, faces)
     cap = len(faces) if max_faces <= 0 else min(max_faces, len(faces))
     tried: dict[int, tuple[bool, float]] = {}
 
@@ -85,15 +102,19 @@ def decimate_bounded(vertices: np.ndarray, faces: np.ndarray, max_faces: int, to
         v, f = decimate(vertices, faces, n)
         st = mesh_stats(v, f)
         ok_topo = st["watertight"] == ref["watertight"] and st["euler"] == ref["euler"] and st["components"] == ref["components"]
-        err = float(point_mesh_distance(sample, v, f).max()) if ok_topo else float("inf")
+        err = float(distance(surface_samples(v, f, probes, seed)).max()) if ok_topo else float("inf")
         tried[n] = (ok_topo and err <= tolerance, err)
         return v, f, ok_topo, err
 
     best = None
-    v, f, ok_topo, err = attempt(cap)
-    if ok_topo:
-        best = (v, f, err)  # the budget is a hard maximum: keep it even if it exceeds the tolerance
-    lo, hi = min_faces, cap  # invariant: hi passes (or is the cap), lo - 1 is unknown/failing
+    n = cap
+    for _ in range(8):  # the budget is a hard maximum: if the cap breaks the topology, try a little below it
+        v, f, ok_topo, err = attempt(n)
+        if ok_topo:
+            best = (v, f, err)  # kept even if it exceeds the tolerance
+            break
+        n = int(n * 0.9)
+    lo, hi = min_faces, n  # invariant: hi passes (or is the cap), lo - 1 is unknown/failing
     if best is not None and err <= tolerance:
         while hi - lo > max(8, hi // 20):  # 5 % precision on the count
             mid = int(np.sqrt(lo * hi))  # bisection in log space: counts span orders of magnitude
@@ -102,15 +123,7 @@ def decimate_bounded(vertices: np.ndarray, faces: np.ndarray, max_faces: int, to
                 best, hi = (v2, f2, err2), mid
             else:
                 lo = mid + 1
-    if best is None:  # even the cap broke the topology: step up the count until it holds
-        n = cap
-        while n < len(faces):
-            n = min(len(faces), int(n * 1.25) + 1)
-            v, f, ok_topo, err = attempt(n)
-            if ok_topo:
-                best = (v, f, err)
-                break
-        if best is None:
-            best = (vertices, faces, 0.0)
+    if best is None:  # no count at or below the cap keeps the topology: keep the input (logged by the caller)
+        best = (vertices, faces, 0.0)
     v, f, err = best
     return v, f, {"faces": int(len(f)), "error": err, "tried": sorted(tried)}

@@ -24,6 +24,20 @@ class MeshViews:
     uv: torch.Tensor  # [N,H,W,2] texture coordinate (v down) at covered pixels
     depth: torch.Tensor  # [N,H,W] distance from the camera centre, 0 where not covered
     facing: torch.Tensor  # [N,H,W] cos of the angle between the surface normal and the direction to the camera
+    raster: list = None  # per chunk (backend, rast, clip positions, faces): what antialiasing needs
+
+    def composite(self, texture: torch.Tensor, antialias: bool = True) -> torch.Tensor:
+        """The textured mesh over white [N,H,W,3], silhouettes antialiased (as the representation's renders are)."""
+        rgb = self.sample(texture)
+        img = rgb + (~self.covered[..., None]).float()
+        if not antialias or not self.raster:
+            return img
+        out, i = [], 0
+        for be, rast, pos, tri in self.raster:
+            n = rast.shape[0]
+            out.append(be.antialias(img[i : i + n].to(rast.device).contiguous(), rast, pos, tri).cpu())
+            i += n
+        return torch.cat(out)
 
     def sample(self, texture: torch.Tensor) -> torch.Tensor:
         """Bilinear texture lookup [N,H,W,3] (zeros where not covered); ``texture`` [T,T,3], differentiable."""
@@ -41,7 +55,7 @@ def rasterize_mesh(positions: np.ndarray, faces: np.ndarray, uv: np.ndarray, cam
     f = torch.from_numpy(np.ascontiguousarray(faces)).long().to(cameras.device)
     fi = f.int() if be.name == "cuda" else f
     attr = torch.cat([v, vertex_normals(v, f), torch.from_numpy(np.ascontiguousarray(uv)).float().to(v.device)], -1)
-    parts = []
+    parts, raster = [], []
     for i in range(0, len(cameras), chunk):
         cams = cameras[i : i + chunk]
         mvp = projection(cams.fovy, cams.width / cams.height, 0.01, 100.0) @ cams.w2c()
@@ -53,5 +67,6 @@ def rasterize_mesh(positions: np.ndarray, faces: np.ndarray, uv: np.ndarray, cam
         dist = to_cam.norm(dim=-1)
         facing = (F.normalize(feat[..., 3:6], dim=-1) * to_cam / dist[..., None].clamp_min(1e-9)).sum(-1)
         parts.append((covered.cpu(), feat[..., 6:8].cpu(), (dist * covered).cpu(), (facing * covered).cpu()))
+        raster.append((be, rast, pos, fi))
     covered, uvs, depth, facing = (torch.cat(x) for x in zip(*parts))
-    return MeshViews(covered, uvs, depth, facing)
+    return MeshViews(covered, uvs, depth, facing, raster)

@@ -4,7 +4,8 @@
 embedded base-colour PNG: what an engine would load), rasterises it over the export views and
 compares it with the representation's unlit renders, both composited over white:
 
-- ``psnr_db``: PSNR over every pixel of every view (the novel-view-synthesis convention);
+- ``psnr_db``: PSNR over every pixel of every view (the novel-view-synthesis convention), the GLB's
+  silhouettes antialiased as the representation's renders are;
 - ``mask_iou``: IoU of the GLB's coverage and the renders' alpha > 0.5;
 - topology (``topology.mesh_stats``), texture size and the timings of every export stage.
 
@@ -62,7 +63,7 @@ def asset_report(glb: Path, views: ViewSet, timings: dict, extra: dict | None = 
     v = (v / placement[1] + placement[0]).astype(np.float32)
     mv = rasterize_mesh(v, f, uv, views.cameras)
     with torch.no_grad():
-        mesh_rgb = composite(mv.sample(tex), mv.covered.float())
+        mesh_rgb = mv.composite(tex)  # antialiased silhouettes, as the representation's renders have
     rep_rgb = composite(views.colour, views.alpha)
     mse = float(((mesh_rgb - rep_rgb) ** 2).mean())
     psnr = 10 * math.log10(1.0 / max(mse, 1e-12))
