@@ -108,12 +108,14 @@ def decimate_bounded(vertices: np.ndarray, faces: np.ndarray, max_faces: int, to
 
     best = None
     n = cap
-    for _ in range(8):  # the budget is a hard maximum: if the cap breaks the topology, try a little below it
+    for _ in range(16):  # the budget is a hard maximum: if the cap breaks the topology, try below it
         v, f, ok_topo, err = attempt(n)
         if ok_topo:
             best = (v, f, err)  # kept even if it exceeds the tolerance
             break
-        n = int(n * 0.9)
+        n = int(n * 0.8)
+        if n < min_faces:
+            break
     lo, hi = min_faces, n  # invariant: hi passes (or is the cap), lo - 1 is unknown/failing
     if best is not None and err <= tolerance:
         while hi - lo > max(8, hi // 20):  # 5 % precision on the count
