@@ -162,6 +162,29 @@ def test_convert_from_a_nerf_gives_its_surface_and_colours():
     assert (other.albedo_at(x) - nerf(x, normals=False)["albedo"]).abs().mean() < 0.05
 
 
+def test_convert_from_gaussians_through_their_renders_gives_a_closed_surface_with_their_colour():
+    """A hollow shell of red splats (what SDS leaves) becomes a solid DMTet sphere whose albedo is the
+    rendered red, not a mix with anything inside."""
+    from threedgen.export.refine import black
+    from threedgen.export.topology import mesh_stats
+    from threedgen.renderers.gaussian import GaussianRenderer
+    from threedgen.representations.gaussians import Gaussians
+
+    torch.manual_seed(0)
+    gs = Gaussians(from_dict(Gaussians.Config, {"init": "sphere", "init_surface": True, "num_points": 2000, "init_radius": 0.4,
+                                                "init_opacity": 0.9, "init_color": [0.85, 0.1, 0.1]}))
+    renderer = GaussianRenderer(GaussianRenderer.Config())
+    rep = _dmtet(init="none", convert_resolution=64, convert_albedo_steps=100)
+    rep.convert_from(gs, render=lambda cams: renderer(gs, cams, black))
+    v, f = rep.mesh()
+    st = mesh_stats(v.detach().numpy(), f.numpy())
+    assert st["watertight"] and st["euler"] == 2 and st["components"] == 1
+    r = v.detach().norm(dim=-1)
+    assert 0.33 < float(r.mean()) < 0.5, float(r.mean())  # the shell's outer radius, within a tet cell (0.1)
+    alb = rep.albedo_at(v.detach()[::10])
+    assert torch.allclose(alb.median(0).values, torch.tensor([0.85, 0.1, 0.1]), atol=0.08), alb.median(0).values
+
+
 def test_normal_consistency_and_laplacian_on_meshes_with_known_values():
     import trimesh
 

@@ -188,10 +188,15 @@ def solid_inside(field: torch.Tensor, close_voxels: int = 2) -> np.ndarray:
     return ndimage.binary_fill_holes(labels == int(sizes.argmax()))
 
 
-def solid_surface(views: ViewSet, resolution: int = 128, smooth_voxels: float = 1.0, depth_margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Closed mesh (vertices [V,3] float32 world units, faces [F,3] int64, wound outward) of what ``views`` show."""
-    import mcubes  # PyMCubes
+def solid_field(views: ViewSet, resolution: int = 128, smooth_voxels: float = 1.0,
+                depth_margin: float = 0.0) -> tuple[np.ndarray, torch.Tensor, float]:
+    """(signed distance [R,R,R] in world units, < 0 inside, indexed [x,y,z]; origin; voxel size) of the solid
+    the views show: the boundary of the closed, cleaned inside set (``solid_inside``), smoothed.
 
+    The surface is that set's boundary rather than the TSDF's zero level: the TSDF's magnitudes are
+    only as good as the depth, and a soft scene's depth is not. The smoothing never changes the sign
+    of a voxel, so the topology is the inside set's.
+    """
     from scipy import ndimage
 
     field, origin, cell = fuse(close_gaps(views), resolution, depth_margin=depth_margin)
@@ -201,12 +206,20 @@ def solid_surface(views: ViewSet, resolution: int = 128, smooth_voxels: float = 
             "the views leave no voxel inside the object: every voxel is seen through by some view. "
             "The scene is too transparent or too thin for this grid; raise export.resolution or train longer"
         )
-    # the surface is the boundary of the (closed, cleaned) inside set, as a smooth signed distance: the TSDF's
-    # magnitudes are only as good as the depth, and a soft scene's depth is not
     f = ndimage.distance_transform_edt(~inside) - ndimage.distance_transform_edt(inside)
     f = _smooth(torch.from_numpy(f).float(), smooth_voxels).double().numpy()
-    f = np.where(inside, np.minimum(f, -1e-3), np.maximum(f, 1e-3))  # smoothing never changes the topology
-    f = np.pad(f, 1, constant_values=float(np.abs(f).max()) + 1.0)
+    f = np.where(inside, np.minimum(f, -1e-3), np.maximum(f, 1e-3))
+    return f * cell, origin, cell
+
+
+def solid_surface(views: ViewSet, resolution: int = 128, smooth_voxels: float = 1.0,
+                  depth_margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Closed mesh (vertices [V,3] float32 world units, faces [F,3] int64, wound outward) of what ``views`` show:
+    marching cubes at 0 of ``solid_field``, padded with outside voxels so every surface closes."""
+    import mcubes  # PyMCubes
+
+    f, origin, cell = solid_field(views, resolution, smooth_voxels, depth_margin)
+    f = np.pad(f, 1, constant_values=float(np.abs(f).max()) + cell)
     verts, faces = mcubes.marching_cubes(f, 0.0)
     verts = (origin.numpy() + (verts - 1.0) * cell).astype(np.float32)
     faces = faces.astype(np.int64)
@@ -214,3 +227,16 @@ def solid_surface(views: ViewSet, resolution: int = 128, smooth_voxels: float = 
     if np.einsum("ij,ij->i", a, np.cross(b, c)).sum() < 0:
         faces = faces[:, ::-1].copy()
     return verts, faces
+
+
+def sample_field(field: np.ndarray, origin: torch.Tensor, cell: float, points: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples [M] of a grid field (indexed [x,y,z]) at world points [M,3]; outside the grid the
+    value of its outermost voxels plus the distance to the grid (so far points stay outside)."""
+    g = torch.from_numpy(field).float()
+    R = g.shape[0]
+    idx = (points.float() - origin.float()) / cell  # voxel coordinates
+    norm = idx / (R - 1) * 2 - 1  # align_corners=True: -1 and 1 are the first and last voxel centres
+    grid = norm[:, [2, 1, 0]].view(1, -1, 1, 1, 3)  # grid_sample wants (x, y, z) = (W, H, D) = field dims reversed
+    val = F.grid_sample(g[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True).view(-1)
+    beyond = (idx - idx.clamp(0, R - 1)).norm(dim=-1) * cell
+    return val + beyond

@@ -173,8 +173,10 @@ class DMTet(Representation):
     # ---- conversion and export ----------------------------------------------------------------
 
     @torch.no_grad()
-    def convert_from(self, src) -> None:
-        """Initialise from a previous stage's representation (a NeRF, or a DMTet of the same grid)."""
+    def convert_from(self, src, render=None) -> None:
+        """Initialise from a previous stage's representation: a NeRF (its density), a DMTet of the same grid,
+        or anything its renderer can show (``render``: cameras -> RenderOutput, e.g. Gaussians), through the
+        solid the renders show (``export/solid.py``)."""
         if isinstance(src, DMTet):
             if src.cfg.tet_resolution != self.cfg.tet_resolution or src.cfg.geometry != self.cfg.geometry:
                 raise ValueError(
@@ -184,22 +186,18 @@ class DMTet(Representation):
                 )
             self.load_state_dict(src.state_dict())
             return
+        if hasattr(src, "splat_data") and render is not None:
+            self._convert_from_renders(render)
+            return
         if not (hasattr(src, "density_grid") and hasattr(src, "auto_threshold")):
-            raise ValueError(f"DMTet can be initialised from a NeRF or a DMTet, not a {type(src).__name__}")
+            raise ValueError(f"DMTet can be initialised from a NeRF, a DMTet or Gaussians, not a {type(src).__name__}")
         dev = self.sdf_init.device
         src = src.to(dev)
         tau = src.auto_threshold(src.density_grid(self.cfg.convert_resolution))
         dens = torch.cat([src.density(c) for c in self.grid_verts.split(65536)])
         self.sdf_init.copy_(((dens - tau) / tau).clamp(-1.0, 1.0))
         self.last_threshold = tau
-        if self.cfg.geometry == "parameters":
-            self.sdf_res.zero_()
-            if self.deform_raw is not None:
-                self.deform_raw.zero_()
-        else:
-            nn.init.zeros_(self.geo_mlp[-1].weight)
-            nn.init.zeros_(self.geo_mlp[-1].bias)
-        self._frozen_mesh = None
+        self._reset_geometry()
         v, f = self.mesh()
         log.info("dmtet from nerf: density threshold %.4g, %d vertices, %d faces", tau, len(v), len(f))
         if len(f) == 0:
@@ -209,6 +207,59 @@ class DMTet(Representation):
             )
         if not self._copy_albedo(src):
             self._fit_albedo(src, v.detach())
+
+    def _reset_geometry(self) -> None:
+        if self.cfg.geometry == "parameters":
+            self.sdf_res.zero_()
+            if self.deform_raw is not None:
+                self.deform_raw.zero_()
+        else:
+            nn.init.zeros_(self.geo_mlp[-1].weight)
+            nn.init.zeros_(self.geo_mlp[-1].bias)
+        self._frozen_mesh = None
+
+    def _convert_from_renders(self, render) -> None:
+        """SDF from the solid the renders show (closed, the silhouettes' topology), albedo regressed onto the
+        colours the renders show at the surface (back-projected where the surface is visible): a Gaussian
+        scene's own colour field mixes in the dark splats inside it."""
+        from ..export.mesh_views import rasterize_mesh
+        from ..export.solid import sample_field, solid_field
+        from ..export.texture_fit import back_project
+        from ..export.views import capture
+
+        views = capture(render, 40, 128)
+        field, origin, cell = solid_field(views, self.cfg.convert_resolution)
+        d = sample_field(field, origin, cell, self.grid_verts.cpu()).to(self.sdf_init.device)
+        self.sdf_init.copy_((-d / self.cell).clamp(-1.0, 1.0))  # DMTet: positive inside, about one cell of band
+        self._reset_geometry()
+        v, f = self.mesh()
+        log.info("dmtet from renders: %d views, %d vertices, %d faces", len(views), len(v), len(f))
+        if len(f) == 0:
+            raise ValueError(f"the solid the renders show falls between the vertices of the {self.cfg.tet_resolution}^3 "
+                             "tet grid: raise tet_resolution")
+        vn, fn = v.detach().cpu().numpy(), f.cpu().numpy()
+        mv = rasterize_mesh(vn, fn, np.zeros((len(vn), 2), np.float32), views.cameras)
+        g = torch.Generator().manual_seed(0)
+        tri = torch.from_numpy(vn)[torch.from_numpy(fn)]
+        w = torch.rand(20000, 3, generator=g)
+        owner = torch.randint(len(fn), (20000,), generator=g)
+        pts = torch.cat([torch.from_numpy(vn), ((w / w.sum(1, keepdim=True))[..., None] * tri[owner]).sum(1)])
+        colour, weight = back_project(pts, views, mv.depth, 0.02 * float((views.hi - views.lo).max()))
+        seen = weight > 0
+        self._regress_albedo(pts[seen].to(self.sdf_init.device), colour[seen].to(self.sdf_init.device))
+
+    def _regress_albedo(self, points: torch.Tensor, colours: torch.Tensor) -> None:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        params = list(self.albedo_grid.parameters()) + list(self.albedo_mlp.parameters())
+        opt = torch.optim.Adam(params, lr=1e-2, eps=1e-15)
+        with torch.enable_grad():
+            for _ in range(self.cfg.convert_albedo_steps):
+                idx = torch.randint(len(points), (4096,), generator=g).to(points.device)
+                loss = (self.albedo_at(points[idx]) - colours[idx]).square().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        log.info("dmtet from renders: albedo regressed onto %d surface colours (mse %.4g)", len(points), float(loss))
 
     def _copy_albedo(self, nerf) -> bool:
         c, n = self.cfg, nerf.cfg
