@@ -17,7 +17,7 @@ name: tiny
 seed: 0
 trainer: {max_steps: 6, val_every: 3, log_every: 2, ckpt_every: 3, test_views: 4, test_resolution: 24}
 data: {batch_size: 2, width: 16, height: 16}
-export: {resolution: 32, texture_size: 128}
+export: {resolution: 32, texture_size: 128, views: 16, view_resolution: 64, refine_steps: 20, texture_fit_steps: 10}
 system:
   prompt: a red sphere
   representation: {name: nerf, grid: {n_levels: 4, log2_hashmap_size: 12, base_resolution: 8, max_resolution: 32}, mlp_width: 16}

@@ -2,20 +2,19 @@
 
 Why not one density level: SDS Gaussians sit on the surface, so their summed density is low inside
 and a level set of it is a hollow shell; a soft NeRF's density at any single level leaves pits,
-tunnels and handles. What the renders show is unambiguous: a pixel is opaque or it is not, and
-opaque pixels have a depth. So, on a voxel grid over the object's bounds (cubic voxels):
+tunnels and handles. What the renders show is unambiguous: a pixel is opaque or it is not. So, on a
+voxel grid over the object's bounds (cubic voxels, ``fuse``):
 
-- **carving** (visual hull and free space): a voxel is outside if some view sees through it, i.e.
-  it projects to a pixel less than half opaque, or it lies more than the truncation distance in
-  front of that pixel's depth;
-- **TSDF** (Curless and Levoy 1996): elsewhere the signed distance along each view's ray,
-  ``depth(pixel) - distance(voxel)``, is averaged over the views where it is within the truncation
-  band; a voxel behind the surface in every view is inside.
+- **carving**: a voxel is outside if some view sees through it (it projects to a pixel less than
+  half opaque); depth carving (in front of a view's depth by a margin) is optional, see ``fuse``;
+- **TSDF band** (Curless and Levoy 1996): the signed distance along each view's ray to its depth,
+  averaged over the views that see the voxel near their surface, kept as diagnostic magnitudes.
 
-The field is smoothed by a small Gaussian, the largest inside component is kept and interior voids
-(inside the object but reachable from no view) are filled, then marching cubes runs at level 0 on
-the grid padded with outside voxels: the surface is closed by construction and has the topology the
-renders show (a torus's hole is seen through from above, so it is carved).
+Then (``solid_field``) pin-holes in each view's mask and narrow pits in the inside set are closed,
+the largest inside component is kept and its voids filled, and the surface is the boundary of that
+set as a smoothed signed distance: marching cubes at 0 on the grid padded with outside voxels is
+closed by construction and has the topology the silhouettes show (a torus's hole is seen through
+from above, so it is carved).
 """
 
 from __future__ import annotations
