@@ -12,7 +12,8 @@
    mean PSNR of 8 rendered views of the exported mesh against exact ray-traced views of the sphere.
 5. The issue's fidelity metric on a trained NeRF: 8 renders of the exported textured mesh vs 8 renders
    of the NeRF it came from (fitted to exact views of a sphere with a smooth colour field).
-6. (--parts run) the same metric on a finished training run, e.g. the toy quick start.
+6. (--parts run) a finished training run (e.g. the toy quick start) exported with both meshers
+   (solid, density): faces, topology, GLB-vs-render PSNR and mask IoU, seconds per stage.
 Texture fidelity: PSNR between bilinear texture lookups and ``albedo_at`` at 200k random surface points.
 """
 
@@ -120,7 +121,7 @@ def bench_fidelity(args) -> None:
     cams = orbit(args.view_res)
     reference = render_striped_ball(cams)
     for size in (512, 1024, 2048):
-        cfg = from_dict(ExportConfig, {"resolution": args.res, "target_faces": args.faces, "texture_size": size})
+        cfg = from_dict(ExportConfig, {"mesher": "density", "resolution": args.res, "target_faces": args.faces, "texture_size": size})
         mesh = build_textured_mesh(StripedBall(), cfg)
         views = np.mean([psnr(a, b) for a, b in zip(render_textured_mesh(mesh, cams), reference)])
         print(f"  {size:>4} px: surface {texture_psnr(StripedBall(), mesh):5.1f} dB, 8 views at {args.view_res} px "
@@ -160,7 +161,7 @@ def bench_fitted_nerf(args, steps: int = 300) -> None:
     with torch.no_grad():
         nerf_views = renderer(nerf, cams, bg).rgb.permute(0, 2, 3, 1).double().numpy()
     exact = render_striped_ball(cams, GentleBall)
-    cfg = from_dict(ExportConfig, {"resolution": args.res, "target_faces": args.faces, "texture_size": args.texture})
+    cfg = from_dict(ExportConfig, {"mesher": "density", "resolution": args.res, "target_faces": args.faces, "texture_size": args.texture})
     mesh = build_textured_mesh(nerf, cfg)
     mesh_views = render_textured_mesh(mesh, cams)
     mean = lambda a, b: np.mean([psnr(x, y) for x, y in zip(a, b)])  # noqa: E731
@@ -170,34 +171,40 @@ def bench_fitted_nerf(args, steps: int = 300) -> None:
 
 
 def bench_run(args) -> None:
-    """Texture fidelity on a trained run (e.g. the toy quick start): 8 renders of its exported mesh
-    against the run's own renders of the scene, same cameras, white background."""
+    """A finished run (e.g. the toy quick start) exported both ways, ``export.mesher=solid`` and ``density``,
+    each scored by the export's own report (GLB read back, rendered over the export views)."""
+    import json
+    import tempfile
     from pathlib import Path
 
     from threedgen.config import load_config
-    from threedgen.systems.runner import load_system
+    from threedgen.export.mesh import MeshExporter
+    from threedgen.export.splat_field import SplatField
+    from threedgen.systems.runner import load_system, scene_render
 
     if not args.run:
         raise SystemExit("--parts run needs --run outputs/<recipe>/<run folder> (a finished single-stage run)")
     run = Path(args.run)
     cfg, _ = load_config(run / "config.yaml")
     system = load_system(cfg, run / "ckpts" / "last.ckpt")
-    cams = orbit(args.view_res)
-    own = torch.cat([o.rgb for o in system.render_views(cams)]).permute(0, 2, 3, 1).double().numpy()
-    ecfg = from_dict(ExportConfig, {"resolution": args.res, "target_faces": args.faces, "texture_size": args.texture})
-    t = time.perf_counter()
-    mesh = build_textured_mesh(system.representation, ecfg)
-    mesh_views = render_textured_mesh(mesh, cams)
-    scores = [psnr(x, y) for x, y in zip(mesh_views, own)]
-    print(f"\nrun {run.name}: exported at {args.res}^3 / {len(mesh.faces)} faces / {args.texture} px in {time.perf_counter() - t:.1f} s")
-    print(f"  8 views at {args.view_res} px, mesh vs the run's own renders: mean {np.mean(scores):.1f} dB "
-          f"(min {np.min(scores):.1f}, max {np.max(scores):.1f})")
+    rep = system.representation
+    print(f"\nrun {run.name}")
+    for mesher in ("density", "solid"):
+        ecfg = from_dict(ExportConfig, {"mesher": mesher, "resolution": args.res, "target_faces": args.faces,
+                                        "texture_size": args.texture, "formats": ["glb"]})
+        surface = SplatField(rep.splat_data()) if mesher == "density" and hasattr(rep, "splat_data") else rep
+        with tempfile.TemporaryDirectory() as tmp:
+            MeshExporter()(surface, ecfg, Path(tmp), render=scene_render(system))
+            r = json.loads((Path(tmp) / "report.json").read_text())
+        print(f"  {mesher:8s} faces {r['faces']:6d}  watertight {r['watertight']!s:5s}  Euler {r['euler']:4d}  components "
+              f"{r['components']:3d}  GLB vs renders {r['psnr_db']:.1f} dB  mask IoU {r['mask_iou']:.3f}  "
+              f"{sum(r['timings_s'].values()):.1f} s {r['timings_s']}")
 
 
 def bench_nerf(args) -> None:
     torch.manual_seed(0)
     nerf = NeRF(from_dict(NeRF.Config, TOY_NERF))
-    cfg = from_dict(ExportConfig, {"resolution": args.res, "target_faces": args.faces, "texture_size": args.texture})
+    cfg = from_dict(ExportConfig, {"mesher": "density", "resolution": args.res, "target_faces": args.faces, "texture_size": args.texture})
     mesh = build_textured_mesh(nerf, cfg)
     encode_textured_mesh(mesh, cfg)
     total = sum(mesh.timings.values())
@@ -239,7 +246,7 @@ def bench_gaussians(args) -> None:
         size = len(fn(d))
         print(f"  {name:<20} {time.perf_counter() - t:6.2f} s  {size / 1e6:7.1f} MB")
     field = SplatField(raw)
-    cfg = from_dict(ExportConfig, {"resolution": args.res, "target_faces": args.faces, "texture_size": args.texture})
+    cfg = from_dict(ExportConfig, {"mesher": "density", "resolution": args.res, "target_faces": args.faces, "texture_size": args.texture})
     mesh = build_textured_mesh(field, cfg)
     total = sum(mesh.timings.values())
     print(f"  mesh via density grid {args.res}^3 -> {len(mesh.faces)} faces: total {total:.2f} s")

@@ -137,6 +137,22 @@ def test_an_empty_scene_is_refused_with_the_cause_and_the_previous_export_stays(
     assert (tmp_path / "model.glb").read_bytes() == b"previous"
 
 
+def test_a_diverged_scene_is_refused_and_the_previous_export_stays(tmp_path):
+    from threedgen.export.files import write_files
+    from threedgen.renderers.base import RenderOutput
+
+    write_files(tmp_path, {"model.glb": b"previous"})
+
+    def nan_scene(cams):
+        B, H, W_ = len(cams), cams.height, cams.width
+        a = torch.ones(B, 1, H, W_)
+        return RenderOutput(rgb=torch.full((B, 3, H, W_), float("nan")), alpha=a, depth=a)
+
+    with pytest.raises(ValueError, match="NaN/Inf: the run diverged"):
+        MeshExporter()(torch.nn.Linear(1, 1), from_dict(ExportConfig, {"formats": ["glb"]}), tmp_path, render=nan_scene)
+    assert (tmp_path / "model.glb").read_bytes() == b"previous" and len(list(tmp_path.iterdir())) == 1
+
+
 def test_bounded_decimation_collapses_flat_faces_and_keeps_the_topology():
     import trimesh
 
