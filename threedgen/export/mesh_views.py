@@ -49,7 +49,9 @@ class MeshViews:
 
 @torch.no_grad()
 def rasterize_mesh(positions: np.ndarray, faces: np.ndarray, uv: np.ndarray, cameras: CameraBatch, chunk: int = 8) -> MeshViews:
-    """Rasterise a mesh with per-vertex UVs over ``cameras`` (CPU tensors out)."""
+    """Rasterise a mesh with per-vertex UVs over ``cameras`` (on CUDA when available; CPU tensors out)."""
+    if torch.cuda.is_available():
+        cameras = cameras.to("cuda")
     be = MeshRenderer(MeshRenderer.Config(backend="auto"))._backend(cameras.device)
     v = torch.from_numpy(np.ascontiguousarray(positions)).float().to(cameras.device)
     f = torch.from_numpy(np.ascontiguousarray(faces)).long().to(cameras.device)

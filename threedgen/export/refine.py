@@ -69,7 +69,7 @@ def refine_surface(vertices: np.ndarray, faces: np.ndarray, views: ViewSet, step
     size = float((views.hi - views.lo).max())
     if steps <= 0 or len(faces) == 0:
         return vertices, {"steps": 0}
-    dev = torch.device("cpu")
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # nvdiffrast there, raster_torch here
     scene = MeshScene(torch.from_numpy(vertices), torch.from_numpy(faces)).to(dev)
     renderer = MeshRenderer(MeshRenderer.Config(backend="auto", shading="albedo"))
     opt = torch.optim.Adam([scene.offset], lr=lr * size)
