@@ -111,8 +111,13 @@ def test_fitted_scene_exports_a_closed_mesh_with_its_topology_that_looks_like_it
     assert report["mask_iou"] > 0.93, report
     assert report["psnr_db"] > 25.5, report  # measured 28.9 / 29.4 dB (spheres), 26.9 dB (NeRF cube); issue target 28
     assert (tmp_path / "preview.png").stat().st_size > 1000
-    if shape == "cube":  # the texture has the renders' colour (the world's red), not a darker mix
+    if shape == "cube":  # the texture has the renders' colour (the world's red), not a darker mix; the file is valid
         import trimesh
+
+        from test_export import validate_glb
+
+        issues = validate_glb(tmp_path / "model.glb")
+        assert issues["numErrors"] == 0 and issues["numWarnings"] == 0, issues["messages"][:5]
 
         mesh = trimesh.load(tmp_path / "model.glb", force="mesh")
         tex = np.asarray(mesh.visual.material.baseColorTexture.convert("RGB"), np.float32) / 255
