@@ -140,6 +140,9 @@ def _solid_mesh(render, cfg) -> TexturedMesh:
         v, f, info["decimation"] = decimate_bounded(v, f, cfg.target_faces, cfg.decimate_tolerance * size)
     log.info("export: decimation %.1fs: %d faces (budget %s, error %.4f m)", t["decimation"], len(f),
              cfg.target_faces or "none", info["decimation"]["error"])
+    if cfg.target_faces and len(f) > cfg.target_faces:
+        log.warning("export: no face count within export.target_faces=%d keeps the mesh closed with its topology; "
+                    "kept %d faces (raise target_faces or lower export.resolution)", cfg.target_faces, len(f))
     with _stage("unwrap", t):
         vmap, fuv, uv = unwrap(v, f, cfg.texture_size)
     with _stage("texture", t):
