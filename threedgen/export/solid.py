@@ -167,10 +167,12 @@ def _smooth(field: torch.Tensor, sigma: float) -> torch.Tensor:
     return f[0, 0]
 
 
-def solid_inside(field: torch.Tensor, close_voxels: int = 2) -> np.ndarray:
+def solid_inside(field: torch.Tensor, close_voxels: int = 2, open_voxels: int = 2) -> np.ndarray:
     """Inside voxels (field < 0), closed morphologically over ``close_voxels`` (pits and tunnels narrower than
-    that, which soft renders leave, are filled; a torus's hole is far wider), then the largest 6-connected
-    component with its interior voids filled."""
+    that, which soft renders leave, are filled; a torus's hole is far wider), then opened over ``open_voxels``
+    (membranes and bridges thinner than that are removed: a half-transparent fog across a torus's hole is
+    carved by some views and not others and leaves thin bridges, extra handles), then the largest
+    6-connected component with its interior voids filled."""
     from scipy import ndimage
 
     inside = field.numpy() < 0
@@ -179,6 +181,11 @@ def solid_inside(field: torch.Tensor, close_voxels: int = 2) -> np.ndarray:
         zz, yy, xx = np.mgrid[-r : r + 1, -r : r + 1, -r : r + 1]
         ball = (xx**2 + yy**2 + zz**2) <= r * r
         inside = ndimage.binary_closing(np.pad(inside, r), structure=ball)[r:-r, r:-r, r:-r]
+    if open_voxels > 0:
+        r = open_voxels
+        zz, yy, xx = np.mgrid[-r : r + 1, -r : r + 1, -r : r + 1]
+        ball = (xx**2 + yy**2 + zz**2) <= r * r
+        inside = ndimage.binary_opening(inside, structure=ball)
     labels, n = ndimage.label(inside)
     if n == 0:
         return inside
