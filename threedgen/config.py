@@ -264,7 +264,7 @@ class ExportConfig:
     )
     """Mesh formats (glb, obj) for every representation; splat formats (ply, splat, spz, splat_glb) for Gaussian scenes."""
     mesher: Literal["solid", "density"] = "solid"
-    """solid: a closed surface fused from the representation's renders (alpha carving + depth TSDF), refined
+    """solid: a closed surface carved from the representation's renders (what no view sees through), refined
     against them; density: marching cubes of the representation's own density at ``threshold`` (the old path)."""
     resolution: int = 128
     """Marching-cubes grid resolution (voxels along the object's longest side for the solid mesher)."""

@@ -3,12 +3,9 @@
 Why not one density level: SDS Gaussians sit on the surface, so their summed density is low inside
 and a level set of it is a hollow shell; a soft NeRF's density at any single level leaves pits,
 tunnels and handles. What the renders show is unambiguous: a pixel is opaque or it is not. So, on a
-voxel grid over the object's bounds (cubic voxels, ``fuse``):
-
-- **carving**: a voxel is outside if some view sees through it (it projects to a pixel less than
-  half opaque); depth carving (in front of a view's depth by a margin) is optional, see ``fuse``;
-- **TSDF band** (Curless and Levoy 1996): the signed distance along each view's ray to its depth,
-  averaged over the views that see the voxel near their surface, kept as diagnostic magnitudes.
+voxel grid over the object's bounds (cubic voxels, ``carve``), a voxel is outside if some view sees
+through it (it projects to a pixel less than half opaque); carving by depth (in front of a view's
+depth by a margin) is optional, see ``carve`` for why it is off by default.
 
 Then (``solid_field``) pin-holes in each view's mask and narrow pits in the inside set are closed,
 the largest inside component is kept and its voids filled, and the surface is the boundary of that
@@ -34,8 +31,9 @@ def grid_box(views: ViewSet, resolution: int) -> tuple[torch.Tensor, float]:
     return views.centre.float() - size / 2, cell
 
 
-def _lookup(views: ViewSet, p: torch.Tensor, view_ids: torch.Tensor):
-    """Bilinear (alpha, depth), in-frame flag and camera distance, each [n,M], of points p [M,3] in views ``view_ids``.
+def _lookup(views: ViewSet, p: torch.Tensor, view_ids: torch.Tensor, with_depth: bool = True):
+    """Bilinear (alpha, depth), in-frame flag and camera distance, each [n,M], of points p [M,3] in views
+    ``view_ids`` (depth and distance are None unless ``with_depth``).
 
     Alpha is interpolated bilinearly (nearest-pixel lookups erode the silhouette by up to half a pixel).
     Depth is interpolated over the opaque pixels of the 2x2 neighbourhood only, so a surface pixel next to
@@ -64,63 +62,50 @@ def _lookup(views: ViewSet, p: torch.Tensor, view_ids: torch.Tensor):
         pix = (yi.clamp(0, H - 1) * W + xi.clamp(0, W - 1)).long()
         a = torch.gather(A, 1, pix) * ok
         alpha += w * a
-        wd = w * (a >= ALPHA_LEVEL)
-        dsum += wd * torch.gather(D, 1, pix)
-        wsum += wd
+        if with_depth:
+            wd = w * (a >= ALPHA_LEVEL)
+            dsum += wd * torch.gather(D, 1, pix)
+            wsum += wd
+    if not with_depth:
+        return alpha, None, inframe, None
     depth = dsum / wsum.clamp_min(1e-6)
     dist = (q[..., 0].square() + q[..., 1].square() + q[..., 2].square()).sqrt()  # (norm(dim=-1) is 10x slower here)
     return alpha, depth, inframe, dist
 
 
 @torch.no_grad()
-def fuse(views: ViewSet, resolution: int, truncation_voxels: float = 3.0, depth_margin: float = 0.0, carve_votes: int = 1,
-         chunk: int = 1 << 16, views_per_pass: int = 8) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Truncated signed field [R,R,R] (indexed [x,y,z]; > 0 outside, < 0 inside), origin, voxel size.
+def carve(views: ViewSet, resolution: int, depth_margin: float = 0.0, chunk: int = 1 << 16,
+          views_per_pass: int = 8) -> tuple[np.ndarray, torch.Tensor, float]:
+    """(inside [R,R,R] bool, indexed [x,y,z]; origin; voxel size): the voxels no view sees through.
 
-    A voxel is carved when ``carve_votes`` views see through it: it falls outside their silhouette, or
-    (``depth_margin`` > 0) more than that fraction of the object's size in front of their depth. Depth
-    carving is off by default because a soft surface (SDS Gaussians are clouds of
-    faint splats) renders its *mean* depth, which lies well behind where it becomes opaque (measured
-    on the toy quick-start cube: 20-30 % of the object's size behind the silhouettes' hull); carving
-    up to that depth would hollow the object, and a margin that avoids that (25 %) still dents it. So by
-    default the solid is the silhouettes' hull, which closes concavities no silhouette shows (a cup's
-    inside); the refinement then fits the surface to the depth where the depth is sharp. Carving decides inside and outside; the TSDF of the views
-    that see a voxel near their surface only places the zero crossing between carved and kept
-    voxels (sub-voxel accuracy where depth is sharp). Views are visited a few at a time and a
-    carved voxel is not looked up again, so the cost follows the object's volume, not the grid's.
+    A voxel is carved when a view sees it outside its silhouette, or (``depth_margin`` > 0) more than
+    that fraction of the object's size in front of the view's depth. Depth carving is off by default
+    because a soft surface (SDS Gaussians are clouds of faint splats) renders its *mean* depth, which
+    lies well behind where it becomes opaque (measured on the toy quick-start cube: 20-30 % of the
+    object's size behind the silhouettes' hull); carving up to that depth hollows the object, and a
+    margin that avoids that (25 %) still dents it. So by default the solid is the silhouettes' hull,
+    which closes concavities no silhouette shows (a cup's inside); the refinement then fits the
+    surface to the depth where the depth is sharp. Views are visited a few at a time and a carved
+    voxel is not looked up again, so the cost follows the object's volume, not the grid's.
     """
     origin, cell = grid_box(views, resolution)
-    mu = truncation_voxels * cell
-    carve_at = max(mu, depth_margin * float((views.hi - views.lo).max())) if depth_margin > 0 else float("inf")
+    carve_at = depth_margin * float((views.hi - views.lo).max()) if depth_margin > 0 else None
     ax = torch.arange(resolution, dtype=torch.float32) * cell
-    out = torch.full((resolution**3,), mu)
+    inside = torch.zeros(resolution**3, dtype=torch.bool)
     ids = torch.arange(len(views))
     for sl in torch.arange(resolution**3).split(chunk):
         p = origin + torch.stack([ax[sl // resolution**2], ax[(sl // resolution) % resolution], ax[sl % resolution]], -1)
         alive = torch.arange(len(sl))
-        total = torch.zeros(len(sl))
-        count = torch.zeros(len(sl))  # views that see the voxel within the truncation band
-        votes = torch.zeros(len(sl), dtype=torch.long)  # views that see through it
         for vid in ids.split(views_per_pass):
-            alpha, depth, inframe, dist = _lookup(views, p[alive], vid)
-            sdf = depth - dist  # > 0: in front of the surface this view sees
-            opaque = alpha >= ALPHA_LEVEL
-            votes[alive] += (inframe & (~opaque | (sdf > carve_at))).sum(0)
-            band = inframe & opaque & (sdf.abs() <= mu)
-            total[alive] += torch.where(band, sdf, torch.zeros_like(sdf)).sum(0)
-            count[alive] += band.sum(0)
-            alive = alive[votes[alive] < carve_votes]
+            alpha, depth, inframe, dist = _lookup(views, p[alive], vid, with_depth=carve_at is not None)
+            seen_through = alpha < ALPHA_LEVEL
+            if carve_at is not None:
+                seen_through |= depth - dist > carve_at  # in front of the surface this view sees
+            alive = alive[~(inframe & seen_through).any(0)]
             if len(alive) == 0:
                 break
-        mean = total / count.clamp_min(1)
-        carved = torch.ones(len(sl), dtype=torch.bool)
-        carved[alive] = False
-        # the sign is the carving's; the magnitude is the observed distance where views saw the voxel near
-        # their surface (so the zero crossing sits between two observed values where depth is sharp)
-        eps = 1e-3 * cell
-        out[sl] = torch.where(count > 0, torch.where(carved, mean.clamp_min(eps), mean.clamp_max(-eps)),
-                              torch.where(carved, torch.full_like(mean, mu), torch.full_like(mean, -mu)))
-    return out.view(resolution, resolution, resolution), origin, cell
+        inside[sl[alive]] = True
+    return inside.view(resolution, resolution, resolution).numpy(), origin, cell
 
 
 def close_gaps(views: ViewSet, radius_px: int = 2) -> ViewSet:
@@ -167,15 +152,14 @@ def _smooth(field: torch.Tensor, sigma: float) -> torch.Tensor:
     return f[0, 0]
 
 
-def solid_inside(field: torch.Tensor, close_voxels: int = 2, open_voxels: int = 2) -> np.ndarray:
-    """Inside voxels (field < 0), closed morphologically over ``close_voxels`` (pits and tunnels narrower than
+def solid_inside(inside: np.ndarray, close_voxels: int = 2, open_voxels: int = 2) -> np.ndarray:
+    """The carved inside set, closed morphologically over ``close_voxels`` (pits and tunnels narrower than
     that, which soft renders leave, are filled; a torus's hole is far wider), then opened over ``open_voxels``
     (membranes and bridges thinner than that are removed: a half-transparent fog across a torus's hole is
     carved by some views and not others and leaves thin bridges, extra handles), then the largest
     6-connected component with its interior voids filled."""
     from scipy import ndimage
 
-    inside = field.numpy() < 0
     if close_voxels > 0:
         r = close_voxels
         zz, yy, xx = np.mgrid[-r : r + 1, -r : r + 1, -r : r + 1]
@@ -199,14 +183,14 @@ def solid_field(views: ViewSet, resolution: int = 128, smooth_voxels: float = 1.
     """(signed distance [R,R,R] in world units, < 0 inside, indexed [x,y,z]; origin; voxel size) of the solid
     the views show: the boundary of the closed, cleaned inside set (``solid_inside``), smoothed.
 
-    The surface is that set's boundary rather than the TSDF's zero level: the TSDF's magnitudes are
-    only as good as the depth, and a soft scene's depth is not. The smoothing never changes the sign
-    of a voxel, so the topology is the inside set's.
+    The surface is that set's boundary rather than a depth TSDF's zero level: a TSDF is only as good
+    as the depth, and a soft scene's depth is not. The smoothing never changes the sign of a voxel,
+    so the topology is the inside set's.
     """
     from scipy import ndimage
 
-    field, origin, cell = fuse(close_gaps(views), resolution, depth_margin=depth_margin)
-    inside = solid_inside(field)
+    inside, origin, cell = carve(close_gaps(views), resolution, depth_margin=depth_margin)
+    inside = solid_inside(inside)
     if not inside.any():
         raise ValueError(
             "the views leave no voxel inside the object: every voxel is seen through by some view. "
