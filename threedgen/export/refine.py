@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..renderers.mesh import MeshRenderer
-from ..representations.mesh_regularisers import edge_face_pairs, face_normals
+from ..representations.mesh_regularisers import edge_face_pairs, neighbour_lists, normal_consistency, uniform_laplacian
 from .views import ALPHA_LEVEL, ViewSet
 
 log = logging.getLogger("threedgen")
@@ -40,17 +40,6 @@ class MeshScene(torch.nn.Module):
 
     def albedo_at(self, points: torch.Tensor) -> torch.Tensor:
         return torch.ones_like(points)
-
-
-def neighbour_lists(faces: torch.Tensor, n_vertices: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(src, dst, degree) of the mesh's undirected edges in both directions, computed once so the per-step
-    uniform Laplacian is two index operations (``mesh_regularisers.uniform_laplacian`` rebuilds them)."""
-    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    key = torch.unique(e.min(1).values * n_vertices + e.max(1).values)
-    a, b = key // n_vertices, key % n_vertices
-    src, dst = torch.cat([a, b]), torch.cat([b, a])
-    deg = torch.zeros(n_vertices).index_add_(0, src, torch.ones(len(src)))
-    return src, dst, deg.clamp_min(1)
 
 
 def black(dirs: torch.Tensor) -> torch.Tensor:
@@ -75,7 +64,7 @@ def refine_surface(vertices: np.ndarray, faces: np.ndarray, views: ViewSet, step
     opt = torch.optim.Adam([scene.offset], lr=lr * size)
     g = torch.Generator().manual_seed(seed)
     pairs = edge_face_pairs(scene.faces, len(vertices))
-    src, dst, deg = neighbour_lists(scene.faces, len(vertices))
+    neighbours = neighbour_lists(scene.faces, len(vertices))  # fixed topology: built once
     edge = float(np.linalg.norm(vertices[faces[:, 0]] - vertices[faces[:, 1]], axis=1).mean())
     history = []
     for step in range(steps + 1):
@@ -94,9 +83,8 @@ def refine_surface(vertices: np.ndarray, faces: np.ndarray, views: ViewSet, step
         if step == steps:
             break
         v, f = scene.mesh()
-        n = F.normalize(face_normals(v, f), dim=-1, eps=1e-12)
-        nc = (1.0 - (n[pairs[:, 0]] * n[pairs[:, 1]]).sum(-1)).mean()
-        lap = (v - torch.zeros_like(v).index_add(0, src, v[dst]) / deg[:, None]).square().sum(-1).mean() / edge**2
+        nc = normal_consistency(v, f, pairs)
+        lap = uniform_laplacian(v, f, neighbours).square().sum(-1).mean() / edge**2
         loss = mask_mse + w_depth * depth_l1 + w_normal * nc + w_laplacian * lap * 1e-2
         opt.zero_grad(set_to_none=True)
         loss.backward()
