@@ -68,7 +68,7 @@ def sphere_directions(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def framing_cameras(centre: torch.Tensor, radius: float, n: int, resolution: int, fovy_deg: float = 40.0) -> CameraBatch:
     """``n`` cameras around ``centre`` looking at it, far enough that a sphere of ``radius`` fills the frame."""
-    el, az = torch.deg2rad(sphere_directions(n)[0]), torch.deg2rad(sphere_directions(n)[1])
+    el, az = (torch.deg2rad(a) for a in sphere_directions(n))
     dist = radius / math.sin(math.radians(fovy_deg) / 2)
     dirs = torch.stack([torch.cos(el) * torch.sin(az), torch.sin(el), torch.cos(el) * torch.cos(az)], -1)
     eye = centre.float()[None] + dist * dirs

@@ -222,6 +222,7 @@ class DMTet(Representation):
         """SDF from the solid the renders show (closed, the silhouettes' topology), albedo regressed onto the
         colours the renders show at the surface (back-projected where the surface is visible): a Gaussian
         scene's own colour field mixes in the dark splats inside it."""
+        from ..export.decimate import surface_samples
         from ..export.mesh_views import rasterize_mesh
         from ..export.solid import sample_field, solid_field
         from ..export.texture_fit import back_project
@@ -239,27 +240,31 @@ class DMTet(Representation):
                              "tet grid: raise tet_resolution")
         vn, fn = v.detach().cpu().numpy(), f.cpu().numpy()
         mv = rasterize_mesh(vn, fn, np.zeros((len(vn), 2), np.float32), views.cameras)
-        g = torch.Generator().manual_seed(0)
-        tri = torch.from_numpy(vn)[torch.from_numpy(fn)]
-        w = torch.rand(20000, 3, generator=g)
-        owner = torch.randint(len(fn), (20000,), generator=g)
-        pts = torch.cat([torch.from_numpy(vn), ((w / w.sum(1, keepdim=True))[..., None] * tri[owner]).sum(1)])
+        pts = torch.from_numpy(surface_samples(vn, fn, 20000)).float()  # the vertices and 20k area-uniform points
         colour, weight = back_project(pts, views, mv.depth, 0.02 * float((views.hi - views.lo).max()))
         seen = weight > 0
-        self._regress_albedo(pts[seen].to(self.sdf_init.device), colour[seen].to(self.sdf_init.device))
+        pts, colour = pts[seen].to(self.sdf_init.device), colour[seen].to(self.sdf_init.device)
 
-    def _regress_albedo(self, points: torch.Tensor, colours: torch.Tensor) -> None:
+        def batch(g):
+            idx = torch.randint(len(pts), (4096,), generator=g).to(pts.device)
+            return pts[idx], colour[idx]
+
+        self._regress_albedo(batch, "renders")
+
+    def _regress_albedo(self, batch, source: str) -> None:
+        """Adam on the albedo field for ``convert_albedo_steps``; ``batch(g)`` draws (points [4096,3], target
+        colours) with the seeded CPU generator ``g``."""
         g = torch.Generator(device="cpu").manual_seed(0)
         params = list(self.albedo_grid.parameters()) + list(self.albedo_mlp.parameters())
         opt = torch.optim.Adam(params, lr=1e-2, eps=1e-15)
         with torch.enable_grad():
             for _ in range(self.cfg.convert_albedo_steps):
-                idx = torch.randint(len(points), (4096,), generator=g).to(points.device)
-                loss = (self.albedo_at(points[idx]) - colours[idx]).square().mean()
+                x, target = batch(g)
+                loss = (self.albedo_at(x) - target).square().mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        log.info("dmtet from renders: albedo regressed onto %d surface colours (mse %.4g)", len(points), float(loss))
+        log.info("dmtet from %s: albedo regressed (mse %.4g)", source, float(loss))
 
     def _copy_albedo(self, nerf) -> bool:
         c, n = self.cfg, nerf.cfg
@@ -280,21 +285,15 @@ class DMTet(Representation):
 
     def _fit_albedo(self, nerf, surface: torch.Tensor) -> None:
         """Regress the albedo field onto the NeRF's colours near its surface (layouts differ)."""
-        g = torch.Generator(device="cpu").manual_seed(0)
-        params = list(self.albedo_grid.parameters()) + list(self.albedo_mlp.parameters())
-        opt = torch.optim.Adam(params, lr=1e-2, eps=1e-15)
-        with torch.enable_grad():
-            for _ in range(self.cfg.convert_albedo_steps):
-                idx = torch.randint(len(surface), (4096,), generator=g).to(surface.device)
-                x = surface[idx] + self.cell * torch.randn(4096, 3, generator=g).to(surface.device)
-                with torch.no_grad():
-                    dirs = -torch.nn.functional.normalize(x, dim=-1) if nerf.cfg.view_dependent else None
-                    target = nerf(x, dirs, normals=False)["albedo"]
-                loss = (self.albedo_at(x) - target).square().mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        log.info("dmtet from nerf: albedo distilled (mse %.4g)", float(loss))
+
+        def batch(g):
+            idx = torch.randint(len(surface), (4096,), generator=g).to(surface.device)
+            x = surface[idx] + self.cell * torch.randn(4096, 3, generator=g).to(surface.device)
+            with torch.no_grad():
+                dirs = -torch.nn.functional.normalize(x, dim=-1) if nerf.cfg.view_dependent else None
+                return x, nerf(x, dirs, normals=False)["albedo"]
+
+        self._regress_albedo(batch, "nerf")
 
     @torch.no_grad()
     def isosurface(self, resolution: int = 128, threshold="auto"):

@@ -223,8 +223,9 @@ class Gaussians(Representation):
         self.strategy_state = {}
 
     @torch.no_grad()
-    def convert_from(self, src) -> None:
-        """Start from another representation: a copy of Gaussians, or points where a NeRF is dense.
+    def convert_from(self, src, render=None) -> None:
+        """Start from another representation: a copy of Gaussians, or points where a NeRF is dense
+        (``render``, the source's renderer, is not needed here).
 
         NeRF: the density on a ``convert_resolution``^3 grid is thresholded (the NeRF's
         ``auto_threshold`` unless ``convert_threshold`` is set); ``num_points`` points are drawn

@@ -210,12 +210,7 @@ def _init_from_previous(system, prev: Stage, prev_system=None) -> None:
     rep, src = system.representation, prev_system.representation
     convert = getattr(rep, "convert_from", None)
     if convert is not None:
-        import inspect
-
-        if "render" in inspect.signature(convert).parameters:  # converters that read the previous scene's renders
-            convert(src, render=scene_render(prev_system))
-        else:
-            convert(src)
+        convert(src, render=scene_render(prev_system))  # a converter may read the previous scene's renders
     elif type(rep) is type(src):
         rep.load_state_dict(src.state_dict())
     else:

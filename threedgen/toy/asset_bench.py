@@ -117,11 +117,12 @@ def score_run(run: Path, overrides: list[str]) -> dict:
     glb_rgb, glb_a = glb_orbit_render(run / "export" / "model.glb")
     rgb, alpha = render_run(run, run / "config.yaml", [])
     want = 0 if scene.shape == "torus" else 2
+    glb_score, render_score = score(glb_rgb, glb_a, scene), score(rgb, alpha, scene)  # each searches 36 yaws
     return {"recipe": cfg.get("name", ""), "prompt": prompt, "seed": cfg.get("seed", 0), "faces": rep["faces"],
             "watertight": rep["watertight"], "euler": rep["euler"], "topology_ok": bool(rep["watertight"] and rep["euler"] == want),
             "chamfer": surf["chamfer"], "fscore": surf["fscore"], "psnr_db": rep["psnr_db"], "mask_iou": rep["mask_iou"],
-            "render_colour_err": score(rgb, alpha, scene)["colour_err"], "glb_colour_err": score(glb_rgb, glb_a, scene)["colour_err"],
-            "glb_iou": score(glb_rgb, glb_a, scene)["iou"], "render_iou": score(rgb, alpha, scene)["iou"], "export_s": round(export_s, 1)}
+            "render_colour_err": render_score["colour_err"], "glb_colour_err": glb_score["colour_err"],
+            "glb_iou": glb_score["iou"], "render_iou": render_score["iou"], "export_s": round(export_s, 1)}
 
 
 def main(argv=None) -> int:
