@@ -35,7 +35,8 @@ def main() -> None:
     from threedgen.config import from_dict
     from threedgen.data.cameras import make_cameras
     from threedgen.guidance.base import GuidanceInput
-    from threedgen.guidance.prior import DiffusionPrior, PriorConfig
+    from threedgen.guidance.ddpm_prior import DDPMPrior
+    from threedgen.guidance.model_folder import PriorConfig
     from threedgen.prompts.processor import PromptProcessor
     from threedgen import registry
 
@@ -45,7 +46,7 @@ def main() -> None:
         import tiny_models
 
         model = str(tiny_models.build_sd(Path(tempfile.mkdtemp(prefix="bench-vsd-")) / "tiny-sd"))
-    prior = DiffusionPrior(PriorConfig(model=model, device="cpu"))
+    prior = DDPMPrior(PriorConfig(model=model, device="cpu"))
     prompts = PromptProcessor(PromptProcessor.Config(prompt="a red cube")).bundle(prior)
     B, R = args.batch, prior.resolution
     cams = make_cameras(15.0, torch.linspace(-150, 150, B), 2.0, 50.0, R, R)

@@ -10,9 +10,23 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 
 import tiny_models  # noqa: E402
+
+TOY_PRIOR = Path(__file__).resolve().parents[1] / "assets" / "toy-prior"
+
+
+@pytest.fixture
+def toy_prior_present():
+    """The committed toy prior (and its classifier) must be there: a test that needs it fails, never skips."""
+    for sub in ("unet", "text_encoder", "tokenizer", "scheduler", "classifier"):
+        if not (TOY_PRIOR / sub).is_dir():
+            pytest.fail(f"assets/toy-prior/{sub}/ is missing: the toy prior is committed with the repository; "
+                        "restore it with `git checkout -- assets/toy-prior` (or retrain: python -m threedgen.toy.train_prior)")
+    return TOY_PRIOR
 
 
 @pytest.fixture(autouse=True)
@@ -46,10 +60,25 @@ def tiny_if_path(tmp_path_factory):
     return tiny_models.build_if(tmp_path_factory.mktemp("tiny-if"))
 
 
-def _prior(path):
-    from threedgen.guidance.prior import DiffusionPrior, PriorConfig
+@pytest.fixture(scope="session")
+def tiny_sd3_path(tmp_path_factory):
+    """SD3-shaped flow-matching model: SD3Transformer2DModel, two CLIPs + T5, FlowMatchEuler shift 3."""
+    return tiny_models.build_sd3(tmp_path_factory.mktemp("tiny-sd3"))
 
-    return DiffusionPrior(PriorConfig(model=str(path), device="cpu"))
+
+@pytest.fixture(scope="session")
+def flow_prior(tiny_sd3_path):
+    from threedgen.guidance.model_folder import PriorConfig
+    from threedgen.guidance.priors import get_prior
+
+    return get_prior(PriorConfig(model=str(tiny_sd3_path), device="cpu"))
+
+
+def _prior(path):
+    from threedgen.guidance.ddpm_prior import DDPMPrior
+    from threedgen.guidance.model_folder import PriorConfig
+
+    return DDPMPrior(PriorConfig(model=str(path), device="cpu"))
 
 
 @pytest.fixture(scope="session")

@@ -206,15 +206,13 @@ class _Mesh:
         return self.v, self.f
 
 
-def test_three_stage_launch_writes_every_stage_and_resume_auto_finishes_the_interrupted_one(tmp_path, monkeypatch):
+def test_three_stage_launch_writes_every_stage_and_resume_auto_finishes_the_interrupted_one(tmp_path, monkeypatch, toy_prior_present):
     """coarse NeRF -> DMTet geometry -> frozen-geometry texture on the toy prior, 2 steps each; then an
     interruption during the geometry stage is simulated and --resume auto finishes geometry and texture
     without redoing the coarse stage."""
     from threedgen.config import load_config
     from threedgen.systems import runner
 
-    if not (ROOT / "assets" / "toy-prior" / "unet").is_dir():
-        pytest.skip("assets/toy-prior is not trained")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "assets").symlink_to(ROOT / "assets")
     small = ["trainer.val_every=0", "trainer.ckpt_every=1", "trainer.export_at_end=false", "trainer.progress_bar=false",

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 import tiny_models
-from threedgen.guidance.inversion import ddim_invert, ddim_move, invert_along, inversion_levels, n_strides
-from threedgen.guidance.prior import DiffusionPrior, PriorConfig
+from threedgen.guidance.inversion import ddim_invert, ddim_move, invert_along
+from threedgen.guidance.prior_api import NoiseLevels
+from threedgen.guidance.ddpm_prior import DDPMPrior
+from threedgen.guidance.model_folder import PriorConfig
 
 
 def _null(prior):
@@ -16,17 +18,18 @@ def _null(prior):
 
 
 def test_levels_grid_from_clean_in_at_most_k_strides():
-    lv = inversion_levels(torch.tensor([450, 0, 980]), max_strides=5, stride=200)
+    levels = NoiseLevels(1000, torch.device("cpu"))
+    lv = levels.ladder(torch.tensor([450, 0, 980]), max_strides=5, stride=0.2)
     assert lv[0].tolist() == [-1, -1, -1]
     assert lv[-1].tolist() == [450, 0, 980]
     assert lv[:, 0].tolist() == [-1, 199, 399, 450, 450, 450]  # strides of 200, the last one shorter, then no-ops
     assert lv[:, 2].tolist() == [-1, 199, 399, 599, 799, 980]
-    assert lv.shape[0] - 1 == 5 and n_strides(980) == 5 and n_strides(450) == 3
-    # a target beyond k strides of 200 widens the stride instead of adding strides
-    wide = inversion_levels(torch.tensor([1500]), max_strides=5, stride=200)
-    assert wide.shape[0] == 6 and wide[-1].item() == 1500 and (wide.diff(dim=0) > 0).all()
+    assert lv.shape[0] - 1 == 5
+    # a target beyond k strides of 0.2 widens the stride instead of adding strides
+    wide = levels.ladder(torch.tensor([999]), max_strides=3, stride=0.2)
+    assert wide.shape[0] == 4 and wide[-1].item() == 999 and (wide.diff(dim=0) > 0).all()
     with pytest.raises(ValueError, match="max_strides"):
-        inversion_levels(torch.tensor([10]), max_strides=0)
+        levels.ladder(torch.tensor([10]), max_strides=0)
 
 
 @pytest.mark.parametrize("fixture", ["pixel_prior", "sd_v_prior"])
@@ -63,7 +66,7 @@ def _zero_output_prior(tmp_path, prediction_type):
         {"unet": unet, "text_encoder": tiny_models.clip_text_encoder(tok), "tokenizer": tok,
          "scheduler": tiny_models.sd_scheduler(prediction_type)},
     )
-    return DiffusionPrior(PriorConfig(model=str(path), device="cpu"))
+    return DDPMPrior(PriorConfig(model=str(path), device="cpu"))
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -79,7 +82,7 @@ def test_inversion_matches_closed_form_for_analytic_model(tmp_path, prediction_t
     torch.manual_seed(0)
     z0 = torch.rand(1, 3, 16, 16) * 2 - 1
     s = 450
-    inv = ddim_invert(prior, z0, s, _null(prior), max_strides=5, stride=200)
+    inv = ddim_invert(prior, z0, s, _null(prior), max_strides=5, stride=0.2)
     levels = inv.levels[:, 0].tolist()
     assert levels == [-1, 199, 399, 450]
     if prediction_type == "epsilon":
@@ -101,15 +104,5 @@ def test_inversion_matches_closed_form_for_analytic_model(tmp_path, prediction_t
 def test_cfg_inversion_counts_two_evaluations_per_stride(pixel_prior):
     z0 = torch.rand(1, 3, 16, 16) * 2 - 1
     cond = pixel_prior.encode_text(["a red cube"])
-    inv = ddim_invert(pixel_prior, z0, 300, cond, uncond=_null(pixel_prior), guidance_scale=-6.5, max_strides=5, stride=200)
+    inv = ddim_invert(pixel_prior, z0, 300, cond, uncond=_null(pixel_prior), guidance_scale=-6.5, max_strides=5, stride=0.2)
     assert inv.n_evals == 2 * 2 and torch.isfinite(inv.x).all()
-
-
-def test_prior_ddim_invert_is_the_same_walk(pixel_prior):
-    """``DiffusionPrior.ddim_invert`` (equal steps) delegates to ``invert_along``."""
-    z0 = torch.rand(2, 3, 16, 16) * 2 - 1
-    null = _null(pixel_prior)
-    x, traj = pixel_prior.ddim_invert(z0, -1, 299, 3, null, return_trajectory=True)
-    assert len(traj) == 4 and torch.equal(traj[0], z0) and torch.equal(traj[-1], x)
-    levels = torch.tensor([-1, 99, 199, 299]).view(-1, 1).expand(-1, 2)
-    torch.testing.assert_close(x, invert_along(pixel_prior, z0, levels, null).x)

@@ -1,4 +1,4 @@
-"""DiffusionPrior on tiny random diffusers models: loading, CFG, v-prediction, IF channels, errors."""
+"""DDPMPrior on tiny random diffusers models: loading, CFG, v-prediction, IF channels, errors."""
 
 from __future__ import annotations
 
@@ -11,17 +11,12 @@ import pytest
 import torch
 
 from threedgen.guidance.base import surrogate
-from threedgen.guidance.prior import (
-    DiffusionPrior,
-    PriorConfig,
-    PriorNotFoundError,
-    PromptTruncatedWarning,
-    cfg_combine,
-    clear_prior_cache,
-    get_prior,
-    perpendicular_component,
-    perp_neg_combine,
-)
+from threedgen.guidance.cfg import cfg_combine, perp_neg_combine, perpendicular_component
+from threedgen.guidance.ddpm_prior import DDPMPrior
+from threedgen.guidance.inversion import invert_along
+from threedgen.guidance.model_folder import PriorConfig, PriorNotFoundError, PromptTruncatedWarning
+from threedgen.guidance.prior_api import to_prediction
+from threedgen.guidance.priors import clear_prior_cache, get_prior
 
 
 def _emb(prior, *texts):
@@ -82,13 +77,13 @@ def test_cfg_one_batched_call_matches_two_separate_calls(sd_prior):
     h = p.unet.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     try:
         with torch.no_grad():
-            pred = p.predict_eps(x_t, t, cond, uncond, 7.5)
+            pred = p.predict_guided(x_t, t, cond, uncond, 7.5)
     finally:
         h.remove()
     assert calls == [4]  # one UNet call on 2B
     with torch.no_grad():
-        e_c = p.unet(x_t, t, encoder_hidden_states=cond.expand(2, -1, -1)).sample
-        e_u = p.unet(x_t, t, encoder_hidden_states=uncond.expand(2, -1, -1)).sample
+        e_c = p.unet(x_t, t, encoder_hidden_states=cond.expand(2).emb).sample
+        e_u = p.unet(x_t, t, encoder_hidden_states=uncond.expand(2).emb).sample
     torch.testing.assert_close(pred.eps_cond, e_c, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(pred.eps_uncond, e_u, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(pred.eps, e_u + 7.5 * (e_c - e_u), atol=1e-4, rtol=1e-4)
@@ -109,13 +104,13 @@ def test_v_prediction_is_converted_to_eps(sd_v_prior):
     t = torch.tensor([50, 800])
     x_t = p.add_noise(z, eps, t)
     v_true = p.scheduler.get_velocity(z, eps, t)
-    pred = p._to_pred(v_true, x_t, t)  # a perfect v-model must give back the true eps and z
+    pred = to_prediction(v_true, x_t, *p.alpha_sigma(t), p.parameterisation)  # a perfect v-model must give back the true eps and z
     torch.testing.assert_close(pred.eps, eps, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(pred.x0, z, atol=1e-3, rtol=1e-3)
     # and the network's own output is converted with eps = a v + b x_t
     cond = _emb(p, "a blue torus")
     with torch.no_grad():
-        v = p.unet(x_t, t, encoder_hidden_states=cond.expand(2, -1, -1)).sample
+        v = p.unet(x_t, t, encoder_hidden_states=cond.expand(2).emb).sample
         got = p.predict(x_t, t, cond)
     a, b = p.alpha_sigma(t)
     torch.testing.assert_close(got.eps, a * v + b * x_t, atol=1e-5, rtol=1e-4)
@@ -125,13 +120,13 @@ def test_if_six_channel_output_keeps_epsilon_half(if_prior):
     p = if_prior
     assert not p.is_latent and p.unet.config.out_channels == 6 and p.latent_channels == 3
     emb = _emb(p, "a green cone")
-    assert emb.shape == (1, 77, 32)
+    assert emb.emb.shape == (1, 77, 32)
     x = p.encode(torch.rand(2, 3, 24, 24))
     assert x.shape == (2, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
     t = torch.tensor([10, 900])
     with torch.no_grad():
-        full = p.unet(x, t, encoder_hidden_states=emb.expand(2, -1, -1)).sample
-        pred = p.predict_eps(x, t, emb, _emb(p, ""), 5.0)
+        full = p.unet(x, t, encoder_hidden_states=emb.expand(2).emb).sample
+        pred = p.predict_guided(x, t, emb, _emb(p, ""), 5.0)
     assert full.shape[1] == 6 and pred.eps.shape == x.shape
     torch.testing.assert_close(pred.eps_cond, full[:, :3], atol=1e-5, rtol=1e-4)
 
@@ -160,12 +155,12 @@ def test_ddim_step_and_inversion(pixel_prior):
     torch.testing.assert_close(p.ddim_step(x_t, t, -1, eps), z, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(p.ddim_step(x_t, t, 200, eps), p.add_noise(z, eps, 200), atol=1e-5, rtol=1e-5)
     cond = _emb(p, "a red cube")
-    x1 = p.ddim_invert(z, 0, 400, 4, cond)
-    x2 = p.ddim_invert(z, 0, 400, 4, cond)
+    walk = lambda n: invert_along(p, z, torch.linspace(0, 400, n + 1).round().long().view(-1, 1), cond).x  # noqa: E731
+    x1, x2 = walk(4), walk(4)
     torch.testing.assert_close(x1, x2)  # deterministic
     with torch.no_grad():
         pred = p.predict(z, 0, cond)
-    one = p.ddim_invert(z, 0, 400, 1, cond)
+    one = walk(1)
     torch.testing.assert_close(one, p.ddim_step(z, 0, 400, pred.eps), atol=1e-5, rtol=1e-5)
 
 
@@ -180,7 +175,7 @@ def test_get_prior_is_shared(tiny_pixel_path):
 
 
 def test_relative_folder_found_from_repo_root(tiny_pixel_path, tmp_path, monkeypatch):
-    import threedgen.guidance.prior as prior_mod
+    import threedgen.guidance.model_folder as prior_mod
 
     root = tmp_path / "repo"
     shutil.copytree(tiny_pixel_path, root / "assets" / "mini-prior")
@@ -193,13 +188,13 @@ def test_relative_folder_found_from_repo_root(tiny_pixel_path, tmp_path, monkeyp
 def test_missing_folder_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(PriorNotFoundError) as e:
-        DiffusionPrior(PriorConfig(model="./no/such/prior", device="cpu"))
+        DDPMPrior(PriorConfig(model="./no/such/prior", device="cpu"))
     msg = str(e.value)
     assert "no/such/prior" in msg and str(tmp_path) in msg
 
     # owner/name with no folder: also looked up in the HF cache, which offline fetches nothing
     with pytest.raises(PriorNotFoundError) as e:
-        DiffusionPrior(PriorConfig(model="nobody/not-a-model", device="cpu"))
+        DDPMPrior(PriorConfig(model="nobody/not-a-model", device="cpu"))
     msg = str(e.value)
     assert str(tmp_path / "nobody" / "not-a-model") in msg
     assert "HF cache" in msg and "HF_HUB_OFFLINE=1" in msg
@@ -210,7 +205,7 @@ def test_folder_without_unet_is_rejected(tmp_path):
     (bad / "scheduler").mkdir(parents=True)
     (bad / "model_index.json").write_text(json.dumps({"_class_name": "X"}))
     with pytest.raises(PriorNotFoundError) as e:
-        DiffusionPrior(PriorConfig(model=str(bad), device="cpu"))
+        DDPMPrior(PriorConfig(model=str(bad), device="cpu"))
     msg = str(e.value)
     assert "no unet/" in msg and str(bad / "unet" / "config.json") in msg
 
@@ -219,7 +214,7 @@ def test_overlong_prompt_is_truncated_with_warning(pixel_prior):
     long_prompt = "a " + "very " * 60 + "red cube"  # byte-level tokenizer: far more than 77 tokens
     with pytest.warns(PromptTruncatedWarning, match="very very") as rec:
         emb = pixel_prior.encode_text([long_prompt, "a red cube"])
-    assert emb.shape == (2, 77, 32)
+    assert emb.emb.shape == (2, 77, 32)
     assert len(rec) == 1 and "truncated to 77" in str(rec[0].message)
 
 
@@ -235,7 +230,7 @@ def test_perp_neg_algebra():
 
 def test_module_imports_stay_light():
     code = (
-        "import sys, threedgen.guidance.sds, threedgen.guidance.prior, threedgen.prompts.processor;"
+        "import sys, threedgen.guidance.sds, threedgen.guidance.priors, threedgen.guidance.flow_prior, threedgen.prompts.processor;"
         "bad = [m for m in ('diffusers', 'transformers') if m in sys.modules]; print(bad); assert not bad"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -243,9 +238,9 @@ def test_module_imports_stay_light():
 
 
 def test_cpu_offload_path_runs(tiny_pixel_path):
-    p = DiffusionPrior(PriorConfig(model=str(tiny_pixel_path), device="cpu", cpu_offload=True))
+    p = DDPMPrior(PriorConfig(model=str(tiny_pixel_path), device="cpu", cpu_offload=True))
     emb = p.encode_text(["a red cube"])
     x = p.encode(torch.rand(1, 3, 16, 16))
     with torch.no_grad():
-        pred = p.predict_eps(x, 300, emb, emb, 3.0)
+        pred = p.predict_guided(x, 300, emb, emb, 3.0)
     assert pred.eps.shape == x.shape and next(p.unet.parameters()).device.type == "cpu"

@@ -36,25 +36,25 @@ def test_view_dependent_selection_by_azimuth_and_elevation():
     # front: |az| < 45; back: |az| > 180 - 45 (strict, so 135 is still side); overhead: elevation > 60
     expected = ["back", "side", "front", "front", "front", "side", "side", "back"]
     cond, uncond = _bundle().select(_cams(10.0, azimuths))
-    got = [VIEWS[int(round(v))] for v in cond[:, 0, 0].tolist()]
+    got = [VIEWS[int(round(v))] for v in cond.emb[:, 0, 0].tolist()]
     assert got == expected
-    assert torch.all(uncond == -1.0)  # the negative prompt for every view
+    assert torch.all(uncond.emb == -1.0)  # the negative prompt for every view
 
     cond, _ = _bundle().select(_cams(70.0, azimuths))
-    assert [VIEWS[int(v)] for v in cond[:, 0, 0].tolist()] == ["overhead"] * len(azimuths)
+    assert [VIEWS[int(v)] for v in cond.emb[:, 0, 0].tolist()] == ["overhead"] * len(azimuths)
 
     # azimuth given outside (-180, 180] wraps: 350 deg == -10 deg (front), 225 deg == -135 deg (side)
     cond, _ = _bundle().select(_cams(0.0, [350.0, 225.0]))
-    assert [VIEWS[int(v)] for v in cond[:, 0, 0].tolist()] == ["front", "side"]
+    assert [VIEWS[int(v)] for v in cond.emb[:, 0, 0].tolist()] == ["front", "side"]
 
     cond, _ = _bundle().select(_cams(10.0, azimuths), view_dependent=False)
-    assert torch.all(cond == 10.0) and cond.shape == (8, 2, 3)
+    assert torch.all(cond.emb == 10.0) and cond.emb.shape == (8, 2, 3)
 
 
 def test_custom_thresholds():
     b = _bundle(front_threshold=30.0, back_threshold=30.0)
     cond, _ = b.select(_cams(0.0, [29.0, 31.0, 149.0, 151.0]))
-    assert [VIEWS[int(v)] for v in cond[:, 0, 0].tolist()] == ["front", "side", "side", "back"]
+    assert [VIEWS[int(v)] for v in cond.emb[:, 0, 0].tolist()] == ["front", "side", "side", "back"]
 
 
 def test_perp_neg_selection_weights():
@@ -62,34 +62,34 @@ def test_perp_neg_selection_weights():
     sel = b.select_perp_neg(_cams([0.0, 0.0, 0.0, 0.0, 80.0], [0.0, 45.0, 90.0, 180.0, 30.0]))
     f = lambda a, bb, c, r: a * math.exp(-bb * r) + c  # noqa: E731
     # az 0: pure front; negatives (front, side) with weights -f_fs(1) ~ 0 and -f_sf(0) = -1.574
-    assert torch.allclose(sel.pos[0], torch.full((2, 3), 1.0))
+    assert torch.allclose(sel.pos.emb[0], torch.full((2, 3), 1.0))
     torch.testing.assert_close(sel.weights[0], torch.tensor([-f(4, 0.5, -2.426, 1.0), -f(4, 0.5, -2.426, 0.0)]))
-    torch.testing.assert_close(sel.negs[0, :, 0, 0], torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(torch.stack([n.emb[0, 0, 0] for n in sel.negs]), torch.tensor([1.0, 0.0]))
     # az 45: halfway between front (1) and side (0)
-    assert torch.allclose(sel.pos[1], torch.full((2, 3), 0.5))
+    assert torch.allclose(sel.pos.emb[1], torch.full((2, 3), 0.5))
     # az 90: side, negatives (side, front), weights -f_sb(1), -f_fsb(1)
-    assert torch.allclose(sel.pos[2], torch.full((2, 3), 0.0))
-    torch.testing.assert_close(sel.negs[2, :, 0, 0], torch.tensor([0.0, 1.0]))
+    assert torch.allclose(sel.pos.emb[2], torch.full((2, 3), 0.0))
+    torch.testing.assert_close(torch.stack([n.emb[2, 0, 0] for n in sel.negs]), torch.tensor([0.0, 1.0]))
     torch.testing.assert_close(sel.weights[2], torch.tensor([-f(1, 0.5, -0.606, 1.0), -f(1, 0.5, 0.967, 1.0)]))
     # az 180: back
-    assert torch.allclose(sel.pos[3], torch.full((2, 3), 2.0))
+    assert torch.allclose(sel.pos.emb[3], torch.full((2, 3), 2.0))
     # overhead: the overhead prompt, no negative guidance
-    assert torch.allclose(sel.pos[4], torch.full((2, 3), 3.0))
+    assert torch.allclose(sel.pos.emb[4], torch.full((2, 3), 3.0))
     assert torch.all(sel.weights[4] == 0)
-    assert sel.uncond.shape == (5, 2, 3) and sel.negs.shape == (5, 2, 2, 3)
+    assert sel.uncond.emb.shape == (5, 2, 3) and len(sel.negs) == 2 and sel.negs[0].emb.shape == (5, 2, 3)
 
 
 def test_processor_embeds_prompts(pixel_prior):
     proc = PromptProcessor(PromptProcessor.Config(prompt="a red cube", negative_prompt="blurry"))
     b = proc.bundle(pixel_prior)
-    assert b.cond.shape == (1, 77, 32) and b.cond_vd.shape == (4, 77, 32)
+    assert b.cond.emb.shape == (1, 77, 32) and b.cond_vd.emb.shape == (4, 77, 32)
     assert b.view_texts == ("a red cube, side view", "a red cube, front view", "a red cube, back view", "a red cube, overhead view")
     assert not pixel_prior.text_encoder_loaded  # freed after computing
     direct = pixel_prior.encode_text(["a red cube", "blurry", "", "a red cube, back view"])
-    torch.testing.assert_close(b.cond[0], direct[0])
-    torch.testing.assert_close(b.uncond[0], direct[1])
-    torch.testing.assert_close(b.null[0], direct[2])
-    torch.testing.assert_close(b.cond_vd[VIEWS.index("back")], direct[3])
+    torch.testing.assert_close(b.cond.emb[0], direct.emb[0])
+    torch.testing.assert_close(b.uncond.emb[0], direct.emb[1])
+    torch.testing.assert_close(b.null.emb[0], direct.emb[2])
+    torch.testing.assert_close(b.cond_vd.emb[VIEWS.index("back")], direct.emb[3])
 
     plain = PromptProcessor(PromptProcessor.Config(prompt="a red cube")).bundle(pixel_prior)
     assert plain.null is plain.uncond
@@ -98,26 +98,27 @@ def test_processor_embeds_prompts(pixel_prior):
 
 
 def test_embedding_cache_hit_does_not_load_text_encoder(tiny_pixel_path, monkeypatch):
-    from threedgen.guidance.prior import DiffusionPrior, PriorConfig
+    from threedgen.guidance.ddpm_prior import DDPMPrior
+    from threedgen.guidance.model_folder import PriorConfig
 
     cfg = PromptProcessor.Config(prompt="a blue torus", negative_prompt="ugly")
-    prior = DiffusionPrior(PriorConfig(model=str(tiny_pixel_path), device="cpu"))
+    prior = DDPMPrior(PriorConfig(model=str(tiny_pixel_path), device="cpu"))
     first = PromptProcessor(cfg).bundle(prior)
     assert prior.text_encoder_loads == 1 and not prior.text_encoder_loaded
     files = os.listdir(os.environ["THREEDGEN_EMBEDDING_CACHE"])
     assert len(files) == 1 and files[0].endswith(".safetensors")
 
     # a second run (fresh prior object, as in a new process) must not touch the text encoder
-    prior2 = DiffusionPrior(PriorConfig(model=str(tiny_pixel_path), device="cpu"))
+    prior2 = DDPMPrior(PriorConfig(model=str(tiny_pixel_path), device="cpu"))
 
-    def boom():
+    def boom(subfolder):
         raise AssertionError("text encoder loaded on a cache hit")
 
-    monkeypatch.setattr(prior2, "_load_text_encoder", boom)
+    monkeypatch.setattr(prior2, "_text_encoder", boom)
     second = PromptProcessor(cfg).bundle(prior2)
     assert prior2.text_encoder_loads == 0
     for k in ("cond", "uncond", "null", "cond_vd"):
-        torch.testing.assert_close(getattr(second, k), getattr(first, k))
+        torch.testing.assert_close(getattr(second, k).emb, getattr(first, k).emb)
 
     # a different prompt misses the cache
     with pytest.raises(AssertionError, match="cache hit"):
@@ -126,8 +127,8 @@ def test_embedding_cache_hit_does_not_load_text_encoder(tiny_pixel_path, monkeyp
 
 def test_t5_prompts_for_if_prior(if_prior):
     b = PromptProcessor(PromptProcessor.Config(prompt="a green cone")).bundle(if_prior)
-    assert b.cond.shape == (1, 77, 32)
-    assert not torch.allclose(b.cond, b.uncond)
+    assert b.cond.emb.shape == (1, 77, 32)
+    assert not torch.allclose(b.cond.emb, b.uncond.emb)
 
 
 def test_perp_neg_needs_view_dependent():

@@ -20,7 +20,7 @@ from threedgen import registry
 from threedgen.config import from_dict
 from threedgen.data.cameras import make_cameras
 from threedgen.guidance.base import GuidanceInput
-from threedgen.guidance.prior import Prediction
+from threedgen.guidance.prior_api import Prediction
 from threedgen.prompts.processor import PromptProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def _eps(prior, x, t, emb):
     """One un-batched call straight to the diffusers UNet (the pixel prior predicts epsilon)."""
     t = torch.as_tensor(t).long().reshape(-1).clamp_min(0).expand(x.shape[0])
     with torch.no_grad():
-        return prior.unet(x, t, encoder_hidden_states=emb.expand(x.shape[0], -1, -1)).sample.float()
+        return prior.unet(x, t, encoder_hidden_states=emb.expand(x.shape[0]).emb).sample.float()
 
 
 def _ab(prior, t):
@@ -213,7 +213,7 @@ def test_csm_ddim_inversion_noising(pixel_prior, prompts):
 
 def test_ism_interval_score(pixel_prior, prompts):
     """g = (b_t/a_t) (eps_cfg(x_t, t; y) - eps(x_s, s; "")), x_s / x_t by null-prompt DDIM inversion."""
-    g = _guidance("ism", pixel_prior, min_step_percent=0.3, max_step_percent=0.3, interval=100)
+    g = _guidance("ism", pixel_prior, min_step_percent=0.3, max_step_percent=0.3, interval=0.1)
     image = _image()
     out, grad = _run(g, image, prompts)
     null = prompts.null
@@ -248,7 +248,7 @@ def test_sdi_inverted_noise_x0_target(pixel_prior, prompts):
 
 
 def _cds(prior, **kw):
-    return _guidance("cds", prior, guidance_scale=7.5, t_next=500, **kw)
+    return _guidance("cds", prior, guidance_scale=7.5, t_next=0.5, **kw)
 
 
 def test_cds_gradient_and_sign(pixel_prior, prompts):
@@ -261,7 +261,7 @@ def test_cds_gradient_and_sign(pixel_prior, prompts):
         out, grad = _run(g, image, prompts)
     assert calls.batches == [2 * B, 2 * B]  # two sequential CFG calls
     torch.manual_seed(1)
-    t, tn = g.sampler.consistency_pair(B, 500, 100, 200)
+    t, tn = g.sampler.consistency_pair(B, 0.5, 0.1, 0.2)
     assert tn.tolist() == [500, 500] and ((t - tn >= 100) & (t - tn < 300)).all()
     assert out["t_next"].item() == 500
     z = image.detach() * 2 - 1
@@ -286,17 +286,17 @@ def test_cds_gaussian_closed_form(pixel_prior, prompts, monkeypatch):
     x~_t - mu, so descent pulls the render towards the data mean."""
     mu, s2 = 0.3, 0.25
 
-    def exact(x_t, t, emb, **_):
+    def exact(x_t, t, emb, *_, **__):
         a, b = pixel_prior.alpha_sigma(t, x_t.dim())
         eps = b * (x_t - a * mu) / (a**2 * s2 + b**2)
-        return Prediction(eps=eps, x0=(x_t - b * eps) / a)
+        return Prediction(eps=eps, x0=(x_t - b * eps) / a, a=a, b=b)
 
     monkeypatch.setattr(pixel_prior, "predict", exact)
     g = _cds(pixel_prior)
     image = _image()
     _, grad = _run(g, image, prompts)
     torch.manual_seed(1)
-    t, tn = g.sampler.consistency_pair(B, 500, 100, 200)
+    t, tn = g.sampler.consistency_pair(B, 0.5, 0.1, 0.2)
     (a, b), (a_n, b_n) = _ab(pixel_prior, t), _ab(pixel_prior, tn)
     sig, sig_n = b / a, b_n / a_n
     xv_t = image.detach() * 2 - 1 + sig * g.fixed_noise
@@ -325,8 +325,8 @@ def test_cds_time_schedule():
 
     cfg = from_dict(CDSGuidance.Config, {})
     sched = cfg.t_next
-    assert sched(0) == 700 and sched(3000) == 100
-    assert sched(750) == pytest.approx(700 - 600 * 0.5)  # sqrt anneal: a quarter of the way -> half the drop
+    assert sched(0) == pytest.approx(0.7) and sched(3000) == pytest.approx(0.1)
+    assert sched(750) == pytest.approx(0.7 - 0.6 * 0.5)  # sqrt anneal: a quarter of the way -> half the drop
 
 
 # ---- a recipe end to end -------------------------------------------------------------------

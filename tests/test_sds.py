@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from threedgen import registry
 from threedgen.config import ConfigError, from_dict
 from threedgen.data.cameras import make_cameras
 from threedgen.guidance.base import GuidanceInput
-from threedgen.guidance.prior import PriorConfig
+from threedgen.guidance.model_folder import PriorConfig
 from threedgen.guidance.sds import SDSGuidance
 from threedgen.prompts.processor import PromptProcessor
 
@@ -121,7 +123,7 @@ def test_if_like_prior_sds(if_prior):
 
 
 def test_timestep_schedule_and_per_batch_t(pixel_prior):
-    g = _sds(pixel_prior, min_step_percent=0.5, max_step_percent=[0, 0.98, 0.6, 100], per_sample_t=False)
+    g = _sds(pixel_prior, min_step_percent=0.5, max_step_percent=[0, 0.98, 0.6, 100], views_per_level=0)
     prompts = _prompts(pixel_prior)
     g.update_step(0, 100)
     assert (g.sampler.min_step, g.sampler.max_step) == (500, 600)
@@ -158,19 +160,17 @@ def test_config_is_validated_with_key_paths():
 
 # ---- the shipped toy prior (skipped until assets/toy-prior is trained) ----------------------------
 
-from threedgen.guidance.prior import REPO_ROOT  # noqa: E402
+from threedgen.guidance.model_folder import REPO_ROOT  # noqa: E402
 
 TOY = REPO_ROOT / "assets" / "toy-prior"
-needs_toy = pytest.mark.skipif(
-    not (TOY / "unet" / "config.json").is_file(), reason="assets/toy-prior is not trained yet"
-)
+needs_toy = pytest.mark.usefixtures("toy_prior_present")
 
 
 @needs_toy
 def test_toy_prior_loads_by_relative_name_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # "assets/toy-prior" resolves against the repository root
     g = SDSGuidance(from_dict(SDSGuidance.Config, {"prior": {"device": "cpu"}}))
-    assert g.prior.model_id == "assets/toy-prior" and not g.prior.is_latent
+    assert Path(g.prior.location) == TOY.resolve() and not g.prior.is_latent
     prompts = _prompts(g.prior)
     rgb = torch.rand(2, 3, 32, 32, requires_grad=True)
     g(GuidanceInput(rgb=rgb, cameras=_cams(2)), prompts, step=0)["loss_sds"].backward()
@@ -183,7 +183,7 @@ def test_toy_prior_loads_by_relative_name_from_any_directory(tmp_path, monkeypat
 def test_toy_prior_2d_sds_paints_the_prompted_colour(colour, channel):
     """2D SDS on a free grey image with the toy prior: after 120 Adam steps the prompted colour's
     channel dominates the image's foreground-weighted mean (the object appears in the right colour)."""
-    from threedgen.guidance.prior import get_prior
+    from threedgen.guidance.priors import get_prior
 
     torch.manual_seed(0)
     prior = get_prior(PriorConfig(model="assets/toy-prior", device="cpu"))

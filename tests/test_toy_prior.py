@@ -8,12 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from threedgen.toy import world as W
 
 PRIOR = Path(__file__).resolve().parents[1] / "assets" / "toy-prior"
 
-needs_prior = pytest.mark.skipif(not (PRIOR / "unet").is_dir(), reason="assets/toy-prior not trained yet")
-needs_classifier = pytest.mark.skipif(not (PRIOR / "classifier").is_dir(), reason="toy classifier not trained yet")
+needs_prior = needs_classifier = pytest.mark.usefixtures("toy_prior_present")
 
 
 @needs_prior

@@ -13,7 +13,7 @@ RECIPES = [ROOT / "configs" / "toy" / "sds-gaussian.yaml", ROOT / "configs" / "t
 PRIOR = ROOT / "assets" / "toy-prior"
 PROMPT = "a purple torus"
 
-pytestmark = pytest.mark.skipif(not (PRIOR / "unet").is_dir(), reason="assets/toy-prior is not trained")
+pytestmark = pytest.mark.usefixtures("toy_prior_present")
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)

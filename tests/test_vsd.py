@@ -18,7 +18,8 @@ from threedgen.data.cameras import make_cameras
 from threedgen.guidance.base import GuidanceInput
 from threedgen.guidance.esd import ESDGuidance
 from threedgen.guidance.lora import camera_condition
-from threedgen.guidance.prior import DiffusionPrior, PriorConfig
+from threedgen.guidance.ddpm_prior import DDPMPrior
+from threedgen.guidance.model_folder import PriorConfig
 from threedgen.guidance.sds import SDSGuidance
 from threedgen.guidance.vsd import VSDGuidance
 from threedgen.prompts.processor import PromptProcessor
@@ -66,7 +67,7 @@ class _Calls:
 
 
 def test_frozen_pass_is_the_untouched_unet_and_the_shared_prior_is_unchanged(sd_prior, tiny_sd_path):
-    reference = DiffusionPrior(PriorConfig(model=str(tiny_sd_path), device="cpu"))  # never adapted
+    reference = DDPMPrior(PriorConfig(model=str(tiny_sd_path), device="cpu"))  # never adapted
     g = _vsd(sd_prior)
     _perturb(g)
     sds = SDSGuidance(_cfg(SDSGuidance, sd_prior), prior=sd_prior)  # another guidance on the same cached prior
@@ -74,7 +75,7 @@ def test_frozen_pass_is_the_untouched_unet_and_the_shared_prior_is_unchanged(sd_
     torch.manual_seed(0)
     x_t, t, cams = torch.randn(2, 4, 8, 8), torch.tensor([100, 700]), _cams(2)
     cond, uncond = prompts.select(cams)
-    want = reference.predict_eps(x_t, t, cond, uncond, 7.5).eps
+    want = reference.predict_guided(x_t, t, cond, uncond, 7.5).eps
     assert torch.equal(g._predict(x_t, t, prompts, cams).eps, want)
     assert torch.equal(sds._predict(x_t, t, prompts, cams).eps, want)
     # the shared UNet carries no adapter and no class embedding; the LoRA copy does, on the same weights
@@ -82,7 +83,7 @@ def test_frozen_pass_is_the_untouched_unet_and_the_shared_prior_is_unchanged(sd_
     assert not any("lora" in n for n, _ in sd_prior.unet.named_modules())
     assert g.lora.unet.conv_in.weight is sd_prior.unet.conv_in.weight
     lora_eps = g.lora_eps(x_t, t, prompts.cond, camera_condition(cams.c2w))
-    assert (lora_eps - reference.predict(x_t, t, prompts.cond.expand(2, -1, -1)).eps).abs().max() > 1e-3
+    assert (lora_eps - reference.predict(x_t, t, prompts.cond.expand(2)).eps).abs().max() > 1e-3
     # only the LoRA and the camera MLP are module state: the frozen UNet is in no state_dict
     keys = list(g.state_dict())
     assert keys and all(k.startswith(("lora.adapters.", "lora.camera_embedding.")) for k in keys)
@@ -100,7 +101,7 @@ def test_zero_lora_and_zero_camera_embedding_give_the_base_unet(sd_prior, tiny_s
         g.lora.camera_embedding.linear_2.bias.zero_()
     torch.manual_seed(1)
     x_t, t = torch.randn(2, 4, 8, 8), torch.tensor([5, 900])
-    emb = _prompts(sd_prior).cond.expand(2, -1, -1)
+    emb = _prompts(sd_prior).cond.expand(2)
     want = sd_prior.predict(x_t, t, emb).eps
     got = g.lora.predict(x_t, t, emb, torch.randn(2, 16)).eps
     assert torch.allclose(got, want, atol=1e-6)
@@ -115,8 +116,9 @@ def test_camera_embedding_is_added_to_the_timestep_embedding(sd_prior):
     cam = camera_condition(_cams(2).c2w)
     with torch.no_grad():
         for c in (cam, torch.zeros_like(cam)):
-            g.lora.predict(torch.randn(2, 4, 8, 8), t, _prompts(sd_prior).cond.expand(2, -1, -1), c)
-            want = unet.time_embedding(unet.time_proj(t)) + g.lora.camera_embedding(c)
+            g.lora.predict(torch.randn(2, 4, 8, 8), t, _prompts(sd_prior).cond.expand(2), c)
+            base = sd_prior.unet  # the same weights, without the camera hook
+            want = base.time_embedding(base.time_proj(t)) + g.lora.camera_embedding(c)
             assert torch.allclose(seen["temb"], want, atol=1e-6)
     h.remove()
     assert cam.shape == (2, 16) and torch.equal(cam[0], _cams(2).c2w[0].flatten())
@@ -140,9 +142,9 @@ def test_vsd_gradient_is_w_times_pretrained_minus_lora_eps(pixel_prior):
     eps = torch.randn_like(z)
     x_t = pixel_prior.add_noise(z, eps, t)
     cond, uncond = prompts.select(cams)
-    eps_pre = pixel_prior.predict_eps(x_t, t, cond, uncond, 5.0).eps
+    eps_pre = pixel_prior.predict_guided(x_t, t, cond, uncond, 5.0).eps
     with torch.no_grad():
-        eps_phi = g.lora.predict(x_t, t, prompts.cond.expand(2, -1, -1), camera_condition(cams.c2w)).eps
+        eps_phi = g.lora.predict(x_t, t, prompts.cond.expand(2), camera_condition(cams.c2w)).eps
     a, b = pixel_prior.alpha_sigma(t)
     want = 2 * b**2 * (eps_pre - eps_phi) / 2
     assert torch.allclose(grad, want, atol=1e-5), (grad - want).abs().max()
@@ -190,7 +192,8 @@ def test_lora_loss_v_target_and_camera_dropout(sd_v_prior, dropout):
     c = c * (1 - dropout)
     assert torch.equal(seen["cam"], c)
     with torch.no_grad():
-        v_hat = g.lora.unet(x, t, encoder_hidden_states=cond.expand(4, -1, -1), class_labels=c).sample
+        g.lora._camera = c  # what CameraLoRA.predict sets around its call
+        v_hat = g.lora.unet(x, t, encoder_hidden_states=cond.expand(4).emb).sample
     assert torch.allclose(loss, F.mse_loss(v_hat, a * eps - b * z0), rtol=1e-4)
     assert (g.lora_sampler.min_step, g.lora_sampler.max_step) == (0, 999)
 
@@ -216,8 +219,8 @@ def test_esd_lambda_zero_is_vsd_exactly_and_lambda_is_camera_cfg(sd_prior):
     x_t, t = torch.randn(3, 4, 8, 8), torch.tensor([50, 400, 800])
     cam = camera_condition(cams.c2w)
     with torch.no_grad():
-        phi_c = esd.lora.predict(x_t, t, prompts.cond.expand(3, -1, -1), cam).eps
-        phi_0 = esd.lora.predict(x_t, t, prompts.cond.expand(3, -1, -1), torch.zeros_like(cam)).eps
+        phi_c = esd.lora.predict(x_t, t, prompts.cond.expand(3), cam).eps
+        phi_0 = esd.lora.predict(x_t, t, prompts.cond.expand(3), torch.zeros_like(cam)).eps
         with _Calls(lora=esd.lora.unet) as calls:
             got = esd.lora_eps(x_t, t, prompts.cond, cam)
     assert calls.batches["lora"] == [6]
@@ -244,9 +247,11 @@ def test_separate_lora_base_v_prediction(sd_prior, sd_v_prior):
     assert g.lora_prior is sd_v_prior and g.lora_target == "v_prediction"
     assert g.lora.unet.conv_in.weight is sd_v_prior.unet.conv_in.weight
     x_t, t, cam = torch.randn(2, 4, 8, 8), torch.tensor([30, 970]), camera_condition(_cams(2).c2w)
-    emb = _prompts(sd_prior).cond.expand(2, -1, -1)
+    emb = _prompts(sd_prior).cond.expand(2)
     with torch.no_grad():
-        v = g.lora.unet(x_t, t, encoder_hidden_states=emb, class_labels=cam).sample
+        g.lora._camera = cam
+        v = g.lora.unet(x_t, t, encoder_hidden_states=emb.emb).sample
+        g.lora._camera = None
         eps = g.lora_eps(x_t, t, emb[:1], cam)
     a, b = sd_prior.alpha_sigma(t)
     assert torch.allclose(eps, a * v + b * x_t, atol=1e-5)  # v -> eps with the shared schedule
@@ -255,7 +260,7 @@ def test_separate_lora_base_v_prediction(sd_prior, sd_v_prior):
 def test_fp16_prior_trains_an_fp32_lora(tiny_sd_path):
     """The GPU default (fp16 weights) on a CPU: the shared UNet stays fp16, the LoRA and camera MLP
     are fp32 parameters and receive gradients through the fp16 network."""
-    prior = DiffusionPrior(PriorConfig(model=str(tiny_sd_path), device="cpu", dtype="fp16"))
+    prior = DDPMPrior(PriorConfig(model=str(tiny_sd_path), device="cpu", dtype="fp16"))
     g = _vsd(prior)
     assert prior.unet.dtype == torch.float16 and {p.dtype for p in g.parameters()} == {torch.float32}
     rgb = torch.rand(2, 3, 16, 16, requires_grad=True)
@@ -268,15 +273,15 @@ def test_fp16_prior_trains_an_fp32_lora(tiny_sd_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_fp16_vsd_step_matches_the_untouched_unet(tiny_sd_path):
-    prior = DiffusionPrior(PriorConfig(model=str(tiny_sd_path), device="cuda"))  # auto dtype: fp16
-    reference = DiffusionPrior(PriorConfig(model=str(tiny_sd_path), device="cuda"))
+    prior = DDPMPrior(PriorConfig(model=str(tiny_sd_path), device="cuda"))  # auto dtype: fp16
+    reference = DDPMPrior(PriorConfig(model=str(tiny_sd_path), device="cuda"))
     g = _vsd(prior).cuda()
     _perturb(g)
     prompts = _prompts(prior)
     cams = _cams(2).to("cuda")
     x_t, t = torch.randn(2, 4, 8, 8, device="cuda"), torch.tensor([100, 700], device="cuda")
     cond, uncond = prompts.select(cams)
-    assert torch.equal(g._predict(x_t, t, prompts, cams).eps, reference.predict_eps(x_t, t, cond, uncond, 7.5).eps)
+    assert torch.equal(g._predict(x_t, t, prompts, cams).eps, reference.predict_guided(x_t, t, cond, uncond, 7.5).eps)
     rgb = torch.rand(2, 3, 16, 16, device="cuda", requires_grad=True)
     out = g(GuidanceInput(rgb=rgb, cameras=cams), prompts, step=0)
     (out["loss_vsd"] + out["loss_lora"]).backward()
@@ -299,7 +304,7 @@ def test_bad_lora_setups_fail_at_start_up(tmp_path, sd_prior, pixel_prior):
     path = tiny_models._save(tmp_path / "no-attn", "DiffusionPipeline", {
         "unet": plain, "text_encoder": tiny_models.clip_text_encoder(tok), "tokenizer": tok, "scheduler": tiny_models.sd_scheduler(),
     })
-    no_attn = DiffusionPrior(PriorConfig(model=str(path), device="cpu"))
+    no_attn = DDPMPrior(PriorConfig(model=str(path), device="cpu"))
     with pytest.raises(ValueError, match="needs attention layers"):
         _vsd(no_attn)
     with pytest.raises(ValueError, match="lora_samples"):

@@ -2,7 +2,7 @@
 
 Each ``build_*`` function writes a folder in the standard diffusers layout (``save_pretrained``
 of every component plus a ``model_index.json``) so tests load it back through exactly the same
-``DiffusionPrior`` / ``from_pretrained`` path a user's Stable Diffusion or DeepFloyd IF folder
+prior (``threedgen.guidance.priors``) / ``from_pretrained`` path a user's Stable Diffusion or DeepFloyd IF folder
 takes. Nothing is downloaded. Sizes follow notes/platform.md section 5 (well under 1 M
 parameters per model; a forward pass takes a few milliseconds on a CPU).
 """
@@ -217,3 +217,58 @@ def build_if(path, seed: int = 0) -> Path:
             "watermarker": None,
         },
     )
+
+
+def clip_text_encoder_with_projection(tok, hidden: int = 16, seed: int = 0):
+    """SD3's CLIP-L / CLIP-G kind: ``CLIPTextModelWithProjection`` (pooled ``text_embeds`` + hidden states)."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=37, projection_dim=hidden, num_attention_heads=4,
+        num_hidden_layers=2, max_position_embeddings=MAX_LENGTH, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    return CLIPTextModelWithProjection(cfg).eval()
+
+
+def sd3_transformer(seed: int = 0, sample_size: int = 8):
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    return SD3Transformer2DModel(
+        sample_size=sample_size, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=TEXT_DIM, caption_projection_dim=16, pooled_projection_dim=TEXT_DIM,
+        pos_embed_max_size=16,
+    ).eval()
+
+
+def sd3_vae(seed: int = 0):
+    """SD3's VAE kind: scaling and shift factors (SD3's own numbers), 4 latent channels here."""
+    v = vae(seed=seed)
+    v.register_to_config(scaling_factor=1.5305, shift_factor=0.0609)
+    return v
+
+
+def build_sd3(path, seed: int = 0, shift: float = 3.0, t5: bool = True) -> Path:
+    """An SD3-shaped flow-matching model: SD3Transformer2DModel on 4x8x8 latents (16x16 images), two
+    CLIP encoders with projection (16 wide each, 32 together = the joint attention width), an optional
+    T5 (32 wide) and FlowMatchEulerDiscreteScheduler with ``shift``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    tok, tok2 = clip_tokenizer(), clip_tokenizer()
+    parts = {
+        "transformer": sd3_transformer(seed=seed),
+        "vae": sd3_vae(seed=seed),
+        "text_encoder": clip_text_encoder_with_projection(tok, seed=seed),
+        "tokenizer": tok,
+        "text_encoder_2": clip_text_encoder_with_projection(tok2, seed=seed + 1),
+        "tokenizer_2": tok2,
+        "text_encoder_3": None,
+        "tokenizer_3": None,
+        "scheduler": FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift),
+    }
+    if t5:
+        tok3 = t5_tokenizer()
+        parts.update(text_encoder_3=t5_text_encoder(tok3, seed=seed + 2), tokenizer_3=tok3)
+    return _save(path, "StableDiffusion3Pipeline", parts)

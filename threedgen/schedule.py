@@ -93,6 +93,11 @@ class Schedule:
             raise ScheduleError(f"unknown schedule keys: {', '.join(sorted(raw))}")
 
     @property
+    def knot_values(self) -> list[float]:
+        """Every value the schedule takes at a knot (its range lies between their min and max)."""
+        return [v for _, v in self._points]
+
+    @property
     def is_constant(self) -> bool:
         return self._kind == "constant"
 

@@ -10,7 +10,7 @@ proper rotation, applied to positions, to quaternions (q' = (0,1,0,0) ⊗ q) and
 coefficients (each real SH basis function is even or odd under (y,z) -> (-y,-z): a sign per
 coefficient). ``axes="rub"`` writes the world frame unchanged. SPZ stores RUB internally and KHR
 GLB is glTF (+Y up), which is our world frame, so those two are never converted.
-Format notes: ../../docs/export.md and notes/export-formats.md §2.
+Format notes: docs/export.md.
 """
 
 from __future__ import annotations

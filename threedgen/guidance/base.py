@@ -27,7 +27,7 @@ class Guidance(nn.Module):
     ``loss_*`` key with the schedule the config gives this guidance.
     """
 
-    prior = None  # the shared DiffusionPrior this guidance uses (not a registered submodule), or None
+    prior = None  # the shared prior (``prior_api.Prior``) this guidance uses (not a registered submodule), or None
 
     def forward(self, inp: GuidanceInput, prompts, step: int) -> dict:  # pragma: no cover - interface
         raise NotImplementedError
@@ -52,7 +52,8 @@ def surrogate(
     ``grad`` is detached; NaN/Inf entries are zeroed (and counted), then it is clipped elementwise
     to ``±clip`` if given, then (``normalize``, CSD's IF stage) divided by its L2 norm over the
     whole batch tensor (``g / (‖g‖ + 1e-8)``). The loss value (0.5‖g‖²/B) is not a quality metric. Returns
-    ``(loss, stats)`` with ``grad_norm`` and ``nonfinite`` counts.
+    ``(loss, stats)`` with ``grad_norm`` (of the whole batch), ``grad_norm_per_view`` (the mean over
+    renders) and ``nonfinite`` counts.
     """
     grad = grad.detach()
     finite = torch.isfinite(grad)
@@ -64,5 +65,9 @@ def surrogate(
         grad = grad / (grad.norm() + 1e-8)
     target = (z - grad).detach()
     loss = 0.5 * ((z - target) ** 2).sum() / z.shape[0]
-    stats = {"grad_norm": grad.flatten(1).norm(dim=1).mean().detach(), "nonfinite": nonfinite.detach().float()}
+    stats = {
+        "grad_norm": grad.norm().detach(),  # the whole batch's gradient, as threestudio and its descendants log it
+        "grad_norm_per_view": grad.flatten(1).norm(dim=1).mean().detach(),
+        "nonfinite": nonfinite.detach().float(),
+    }
     return loss, stats

@@ -28,7 +28,8 @@ import torch
 
 from ..schedule import Schedule
 from .base import GuidanceInput, surrogate
-from .prior import perpendicular_component
+from .cfg import perpendicular_component
+from .prior_api import Conditioning
 from .score import ScoreGuidance
 
 
@@ -62,27 +63,27 @@ class CSDGuidance(ScoreGuidance):
         """``sum_k a_k eps_k`` (+ the Perp-Neg term) at ``x_t``, before w(t); and the UNet batch size."""
         B, k = x_t.shape[0], self.coefs
         perp = self._use_perp_neg(prompts)
+        negs = []
         if perp:
             sel = prompts.select_perp_neg(cameras)
             cond, negs, weights = sel.pos, sel.negs, sel.weights
         else:
             cond, _ = prompts.select(cameras, self.cfg.view_dependent)
-        null = prompts.null.expand(B, -1, -1).to(cond)
-        embs = [cond, null]
+        conds = [cond, prompts.null.expand(B)]
         separate_negative = k["negative"] != 0 and prompts.uncond is not prompts.null
         if separate_negative:
-            embs.append(prompts.uncond.expand(B, -1, -1).to(cond))
-        if perp:
-            embs += [negs[:, i].to(cond) for i in range(negs.shape[1])]
-        n = len(embs)
-        pred = self.prior.predict(torch.cat([x_t] * n), t.repeat(n), torch.cat(embs))
+            conds.append(prompts.uncond.expand(B))
+        conds += negs
+        n = len(conds)
+        cams = cameras[torch.arange(B).repeat(n)] if cameras is not None else None
+        pred = self.prior.predict(torch.cat([x_t] * n), t.repeat(n), Conditioning.cat(conds), cams)
         chunks = pred.eps.split(B)
         eps_c, eps_0 = chunks[0], chunks[1]
         eps_n = chunks[2] if separate_negative else eps_0
         score = k["cond"] * eps_c + k["negative"] * eps_n + k["null"] * eps_0 + k["noise"] * eps
         if perp:
             e_pos = eps_c - eps_0
-            for i, eps_i in enumerate(chunks[n - negs.shape[1]:]):
+            for i, eps_i in enumerate(chunks[n - len(negs):]):
                 w_i = weights[:, i].to(e_pos).view(-1, 1, 1, 1)
                 score = score + self.perp_neg_scale * w_i * perpendicular_component(eps_i - eps_0, e_pos)
         return score, n * B

@@ -2,10 +2,10 @@
 
 **[inferred]** TV-3DG has no public code and only its abstract was read: CSM "removes the
 difference term in SDS and uses a deterministic noise addition process". This implements the
-specification in notes/guidance-objectives.md section 6.2, which is itself inferred (TV-3DG v1 was
+specification in docs/objectives.md (CSM), which is itself inferred (TV-3DG v1 was
 built on LucidDreamer's ISM): CSD's classifier term evaluated at a deterministically noised x_t::
 
-    t ~ U{min..max};  s = max(t - delta, 0)
+    t ~ U{min..max};  s = t - delta, not below the least noisy level (fractions of the noise range)
     x_t = DDIM-invert(z, clean -> s, <= k strides, null prompt) then one DDIM step s -> t   (ddim_inversion)
         | a_t z + b_t eps*,  eps* fixed for the run (a checkpointed buffer)                 (fixed)
         | a_t z + b_t eps,   eps fresh each step                                            (random)
@@ -13,7 +13,7 @@ built on LucidDreamer's ISM): CSD's classifier term evaluated at a deterministic
     loss_csm = surrogate(z, g)
 
 The exact inversion schedule, scale, w(t) and whether the classifier term is normalised are not
-known (notes section 14). UNet evaluations: ``(k + 1) B + 2B`` with inversion (k <= 5), ``2B``
+known. UNet evaluations: ``(k + 1) B + 2B`` with inversion (k <= 5), ``2B``
 otherwise; Perp-Neg replaces the conditional branch as in SDS (``4B``).
 """
 
@@ -32,9 +32,11 @@ from .score import ScoreGuidance, Weighting
 
 class CSMGuidance(ScoreGuidance):
     """Fields beyond ``ScoreGuidance.Config``: ``noise_mode`` (``ddim_inversion``), ``interval``
-    (delta = 50), ``inversion_strides`` (5), ``inversion_stride`` (200), ``seed`` (0); defaults
+    (delta = 0.05), ``inversion_strides`` (5), ``inversion_stride`` (0.2), ``seed`` (0); defaults
     changed: ``weighting`` = ``ism``, ``max_step_percent`` = ``[0, 0.98, 0.5, 1500]``,
-    ``per_sample_t`` = False (ISM's)."""
+    ``views_per_level`` = 0 (ISM's)."""
+
+    fraction_fields = ScoreGuidance.fraction_fields + ("interval", "inversion_stride")
 
     @dataclass
     class Config(ScoreGuidance.Config):
@@ -43,12 +45,12 @@ class CSMGuidance(ScoreGuidance):
         tensor for the run, or fresh noise (which makes CSM CSD with a_c = s, a_0 = -s)."""
         weighting: Weighting = "ism"
         max_step_percent: Schedule = field(default_factory=lambda: Schedule([0, 0.98, 0.5, 1500]))
-        per_sample_t: bool = False
-        interval: Schedule = field(default_factory=lambda: Schedule(50))
-        """delta = t - s, the last inversion step (ISM: 100 -> 50 over its warm-up)."""
+        views_per_level: int = 0
+        interval: Schedule = field(default_factory=lambda: Schedule(0.05))
+        """delta = t - s, the last inversion step, as a fraction of the range (ISM: 0.1 -> 0.05 over its warm-up)."""
         inversion_strides: int = 5
         """At most this many DDIM-inversion strides from the clean latent to s."""
-        inversion_stride: int = 200
+        inversion_stride: float = 0.2
         seed: int = 0
         """Seed of the fixed noise (``noise_mode: fixed``)."""
 
@@ -78,7 +80,7 @@ class CSMGuidance(ScoreGuidance):
         B = z.shape[0]
         t = self.sampler.sample(B)
         with torch.no_grad():
-            x_t, n_inv = self.noised(z.detach(), t, prompts.null.expand(B, -1, -1))
+            x_t, n_inv = self.noised(z.detach(), t, prompts.null.expand(B))
             pred = self._predict_vs_null(x_t, t, prompts, inp.cameras)
             # eps_cfg - eps_null = s (eps_c - eps_null) (plus the Perp-Neg term when it is on)
             g = self.weight(t, z.dim()) * (pred.eps - pred.eps_uncond)

@@ -1,8 +1,8 @@
 """ISM: interval score matching (LucidDreamer, Liang et al. CVPR 2024; official code
 EnVision-Research/LucidDreamer ``guidance/sd_utils.py: train_step``)::
 
-    t ~ U{min..max} (one per batch);  s = max(t - delta, 0)
-    x_s = DDIM-invert(z, clean -> s, <= 5 strides of 200, null prompt)     # deterministic, eta = 0
+    t ~ U{min..max} (one per batch);  s = t - delta, not below the least noisy level
+    x_s = DDIM-invert(z, clean -> s, <= 5 strides of 0.2 of the range, null prompt)   # deterministic, eta = 0
     x_t = one DDIM-inversion step s -> t (null prompt); its UNet call gives eps(x_s, s; null)
     g   = w(t) (eps_cfg(x_t, t; y) - eps(x_s, s; null)),   w = b_t / a_t = sqrt((1 - abar_t) / abar_t)
     loss_ism = surrogate(z, g)
@@ -11,7 +11,8 @@ SDS's random target ``eps`` is replaced by the model's own noise prediction one 
 the same deterministic (DDIM) trajectory. CFG is diffusers' ``eps_u + s (eps_c - eps_u)`` (LucidDreamer's
 7.5 ports as 7.5). LucidDreamer starts the inversion from the latent noised at the first grid index
 with random noise; here it starts from the clean latent (level -1), which keeps it deterministic.
-Its ``lambda_guidance = 0.1`` is the recipe's guidance ``weight``. UNet evaluations:
+Its ``lambda_guidance = 0.1`` is the recipe's guidance ``weight``. Noise levels are fractions of the
+range: the paper's ``delta_t 100 -> 50`` and ``xs_delta_t 200`` out of 1000 DDPM steps are 0.1 -> 0.05 and 0.2. UNet evaluations:
 ``(k + 1) B + 2B`` with ``k <= 5`` strides (``4B`` for the CFG term with Perp-Neg).
 """
 
@@ -28,21 +29,24 @@ from .score import ScoreGuidance, Weighting
 
 
 class ISMGuidance(ScoreGuidance):
-    """Fields beyond ``ScoreGuidance.Config``: ``interval`` (``[0, 100, 50, 1500]``),
-    ``inversion_strides`` (5), ``inversion_stride`` (200); defaults changed: ``weighting`` = ``ism``,
-    ``max_step_percent`` = ``[0, 0.98, 0.5, 1500]`` (LucidDreamer's warm-up), ``per_sample_t`` = False."""
+    """Fields beyond ``ScoreGuidance.Config``: ``interval`` (``[0, 0.1, 0.05, 1500]``),
+    ``inversion_strides`` (5), ``inversion_stride`` (0.2); defaults changed: ``weighting`` = ``ism``,
+    ``max_step_percent`` = ``[0, 0.98, 0.5, 1500]`` (LucidDreamer's warm-up), ``views_per_level`` = 0."""
+
+    fraction_fields = ScoreGuidance.fraction_fields + ("interval", "inversion_stride")
 
     @dataclass
     class Config(ScoreGuidance.Config):
         weighting: Weighting = "ism"
         max_step_percent: Schedule = field(default_factory=lambda: Schedule([0, 0.98, 0.5, 1500]))
-        per_sample_t: bool = False
-        interval: Schedule = field(default_factory=lambda: Schedule([0, 100, 50, 1500]))
-        """delta_T = t - s (LucidDreamer: delta_t_start 100 -> delta_t 50 over the warm-up)."""
+        views_per_level: int = 0
+        interval: Schedule = field(default_factory=lambda: Schedule([0, 0.1, 0.05, 1500]))
+        """t - s as a fraction of the noise range (LucidDreamer: delta_t_start 100 -> delta_t 50 of 1000
+        over the warm-up)."""
         inversion_strides: int = 5
         """xs_inv_steps: at most this many DDIM-inversion strides from the clean latent to s."""
-        inversion_stride: int = 200
-        """xs_delta_t."""
+        inversion_stride: float = 0.2
+        """xs_delta_t (200 of 1000), a fraction of the noise range."""
 
     def update_step(self, epoch: int, step: int) -> None:
         super().update_step(epoch, step)
@@ -55,7 +59,7 @@ class ISMGuidance(ScoreGuidance):
         t = self.sampler.sample(B)
         c = self.cfg
         with torch.no_grad():
-            null = prompts.null.expand(B, -1, -1)
+            null = prompts.null.expand(B)
             to_s, to_t = interval_invert(self.prior, z.detach(), t, self.interval, null, c.inversion_strides, c.inversion_stride)
             pred = self._predict(to_t.x, t, prompts, inp.cameras)
             g = self.weight(t, z.dim()) * (pred.eps - to_t.pred.eps)

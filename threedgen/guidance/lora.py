@@ -1,9 +1,12 @@
-"""VSD's ε_φ network: a camera-conditioned PEFT LoRA on a frozen diffusers UNet (ProlificDreamer §3.1).
+"""VSD's ε_φ network: a camera-conditioned PEFT LoRA on a prior's frozen denoiser (ProlificDreamer
+§3.1) -- a diffusers UNet or an SD3-class transformer alike.
 
-The LoRA model is a *structural* copy of the prior's UNet whose base weights are the prior's own
+The LoRA model is a *structural* copy of the prior's denoiser whose base weights are the prior's own
 tensors (``copy.deepcopy`` with every parameter and buffer pre-seeded in the memo), so it costs no
 second copy of the weights. PEFT's ``add_adapter`` then wraps ``to_q/to_k/to_v/to_out.0`` of the
-copy only, and the camera MLP becomes the copy's ``class_embedding``. The prior's UNet is never
+copy only, and the camera MLP's output is added to the copy's timestep embedding by a forward hook on
+the module the prior names (``prior.time_embedding``: a UNet's ``time_embedding``, SD3's
+``time_text_embed``), which is where a UNet adds a ``class_embedding``. The prior's network is never
 modified, so every other guidance sharing the prior (``get_prior`` caches one per model) and VSD's
 own frozen pass run the untouched network -- no adapter toggling, whose PEFT implementation also
 flips ``requires_grad`` and would silently drop LoRA gradients taken before the toggle.
@@ -13,7 +16,7 @@ holds and the optimizer trains; the frozen weights stay out of ``state_dict()``.
 
 Camera condition: the flattened ``c2w`` (16 numbers, DESIGN.md's OpenGL camera-to-world) through
 diffusers' ``TimestepEmbedding(16, time_embed_dim)`` (Linear-SiLU-Linear, as threestudio), added
-by the UNet to its timestep embedding; all zeros means "no camera".
+to the timestep embedding; all zeros means "no camera".
 """
 
 from __future__ import annotations
@@ -43,11 +46,11 @@ def camera_condition(c2w: torch.Tensor) -> torch.Tensor:
     return c2w.reshape(c2w.shape[0], CAMERA_DIM).float()
 
 
-class CameraLoRAUNet(nn.Module):
-    """LoRA adapters + camera embedding on a weight-sharing copy of ``prior.unet``.
+class CameraLoRA(nn.Module):
+    """LoRA adapters + camera embedding on a weight-sharing copy of ``prior.denoiser``.
 
     Args:
-        prior (`DiffusionPrior`): the LoRA's base model (the guidance's prior, or a separate one such
+        prior (`Prior`): the LoRA's base model (the guidance's prior, or a separate one such
             as SD 2.1-768 with v-prediction); predictions go through its ε/v/x0 conversion.
         rank (`int`, defaults to 4): LoRA rank (ProlificDreamer and threestudio use 4).
         alpha (`float`, optional): LoRA alpha; defaults to ``rank`` (scale 1).
@@ -64,24 +67,22 @@ class CameraLoRAUNet(nn.Module):
                 f"VSD/ESD cannot use prior.cpu_offload with {prior.model_id}: the LoRA model shares the "
                 "frozen UNet's weights and trains on them every step; set prior.cpu_offload=false"
             )
-        unet = prior.unet
+        unet = prior.denoiser
         targets = tuple(targets)
         def targeted(name: str, m: nn.Module) -> bool:
             return isinstance(m, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)
 
         if not any(targeted(n, m) for n, m in unet.named_modules()):
             raise ValueError(
-                f"VSD needs attention layers to adapt, but the UNet of {prior.model_id} has no linear layer "
-                f"named {', '.join(targets)} (it has no attention blocks); use a UNet with "
-                "CrossAttn*/Transformer blocks, or set lora_targets to layers it has"
-            )
-        if unet.class_embedding is not None:
-            raise ValueError(
-                f"the UNet of {prior.model_id} already has a class embedding ({type(unet.class_embedding).__name__}); "
-                "VSD's camera condition needs that slot free"
+                f"VSD needs attention layers to adapt, but the denoiser of {prior.model_id} has no linear layer "
+                f"named {', '.join(targets)} (it has no attention blocks); use a network with "
+                "attention blocks, or set lora_targets to layers it has"
             )
         shared = {id(t): t for t in itertools.chain(unet.parameters(), unet.buffers())}
         lora_unet = copy.deepcopy(unet, shared)  # new module objects, the same weight tensors
+        for m in lora_unet.modules():  # hooks on the prior's network (a profiler, a test's counter) stay there
+            m._forward_hooks.clear()
+            m._forward_pre_hooks.clear()
         lora_unet.add_adapter(
             LoraConfig(r=int(rank), lora_alpha=float(alpha if alpha is not None else rank), target_modules=list(targets)),
             adapter_name="vsd",
@@ -95,25 +96,35 @@ class CameraLoRAUNet(nn.Module):
                     self.adapters[key] = lora_unet.get_submodule(owner)
         for p in self.adapters.parameters():  # train in fp32 even when the frozen UNet is fp16
             p.data = p.data.float()
-        time_dim = unet.time_embedding.linear_2.out_features
+        temb, time_dim = prior.time_embedding(lora_unet)
         self.camera_embedding = TimestepEmbedding(CAMERA_DIM, time_dim).to(prior.device)
-        lora_unet.class_embedding = self.camera_embedding  # the UNet adds it to the timestep embedding
+        self._camera: Optional[torch.Tensor] = None
+        temb.register_forward_hook(self._add_camera)
         self._unet = _Unregistered(lora_unet)
-        # A view of the prior whose UNet is the adapted copy: same scheduler tables, same eps/v
-        # conversion and device handling in ``predict``; everything else is the prior's own.
+        # A view of the prior whose denoiser is the adapted copy: same level tables, same
+        # eps/v/flow conversion and device handling in ``predict``; everything else is the prior's own.
         self._prior = _Unregistered(copy.copy(prior))
-        self._prior.module.unet = lora_unet
+        self._prior.module.denoiser = lora_unet
+
+    def _add_camera(self, module, args, out):
+        if self._camera is None:
+            raise RuntimeError("the VSD LoRA network was called without a camera (use CameraLoRA.predict)")
+        return out + self.camera_embedding(self._camera.to(out.device, self.camera_embedding.linear_1.weight.dtype)).to(out.dtype)
 
     @property
     def unet(self) -> nn.Module:
-        """The adapted UNet (not a submodule: its frozen weights are the base prior's)."""
+        """The adapted denoiser (not a submodule: its frozen weights are the base prior's)."""
         return self._unet.module
 
-    def predict(self, x_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, camera: torch.Tensor):
-        """ε_φ(x_t; emb, camera) as a ``Prediction`` (``eps``, ``x0``) in the base model's terms.
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond, camera: torch.Tensor):
+        """ε_φ(x_t; cond, camera) as a ``Prediction`` (``eps``, ``x0``) in the base model's terms.
 
-        ``x_t`` ``[N,C,h,w]``, ``t`` ``[N]``, ``emb`` ``[N or 1,L,D]``, ``camera`` ``[N,16]`` (zeros: no
-        camera). Differentiable w.r.t. the LoRA and camera weights (wrap in ``no_grad`` for inference).
+        ``x_t`` ``[N,C,h,w]``, ``t`` ``[N]`` levels, ``cond`` a ``Conditioning`` of N or 1 rows, ``camera``
+        ``[N,16]`` (zeros: no camera). Differentiable w.r.t. the LoRA and camera weights (wrap in
+        ``no_grad`` for inference).
         """
-        cam = camera.to(self.camera_embedding.linear_1.weight)
-        return self._prior.module.predict(x_t, t, emb, class_labels=cam)
+        self._camera = camera
+        try:
+            return self._prior.module.predict(x_t, t, cond)
+        finally:
+            self._camera = None

@@ -2,20 +2,24 @@
 Perp-Neg prediction, the weighting w(t), a fixed-noise buffer and the logged statistics.
 
 SDS, CSD, CSM, CDS, ISM and SDI subclass ``ScoreGuidance``; each adds only its own gradient.
-All of them go through the one ``DiffusionPrior``, the one ``TimestepSampler`` and ``surrogate``.
+All of them go through the one prior interface (``prior_api.Prior``, DDPM or flow), the one
+``TimestepSampler`` and ``surrogate``, and never ask what kind of prior they hold.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 
-from ..schedule import Schedule
+from ..schedule import Schedule, as_schedule
 from .base import Guidance
-from .prior import Prediction, PriorConfig, get_prior
+from .model_folder import PriorConfig
+from .prior_api import Prediction
+from .priors import get_prior
 from .timesteps import TimestepSampler
 
 Weighting = Literal["sds", "uniform", "fantasia3d", "ism"]
@@ -36,6 +40,22 @@ def sds_weight(kind: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown weighting {kind!r}; valid: sds, uniform, fantasia3d, ism")
 
 
+def check_fractions(cfg, names) -> None:
+    """Every value of each named field (a number or a ``Schedule``) must lie in [0, 1]; the error says
+    how a paper's integer DDPM step maps (t of 1000 is t / 1000)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        bad = [v for v in as_schedule(value).knot_values if not 0.0 <= v <= 1.0]
+        if bad:
+            raise ValueError(
+                f"{name} is a fraction of the noise range in [0, 1], got {bad[0]:g}; noise levels are given as "
+                f"fractions so they mean the same on every prior (a paper's DDPM step t of 1000 is t / 1000, "
+                f"e.g. {bad[0]:g} -> {bad[0] / 1000:g})"
+            )
+
+
 class ScoreGuidance(Guidance):
     """Base of the score-distillation objectives (not registered itself)."""
 
@@ -46,8 +66,11 @@ class ScoreGuidance(Guidance):
         """CFG scale, diffusers convention ``eps_u + s (eps_c - eps_u)`` (a paper's 100 is 101 here)."""
         min_step_percent: Schedule = field(default_factory=lambda: Schedule(0.02))
         max_step_percent: Schedule = field(default_factory=lambda: Schedule(0.98))
-        per_sample_t: bool = True
-        """One t per render (threestudio SD/IF) or one t shared by the batch."""
+        views_per_level: int = 1
+        """Renders that share one noise level: 1 one per render (threestudio SD/IF), 0 one for the
+        whole batch, k one per group of k consecutive views (multi-view priors)."""
+        per_sample_t: Optional[bool] = None
+        """Deprecated spelling of ``views_per_level`` (true: 1, false: 0), read from older run folders."""
         weighting: Weighting = "sds"
         rgb_as_latents: bool = False
         """The render already is the model input (latent-NeRF style, ``latent_channels`` channels):
@@ -59,13 +82,20 @@ class ScoreGuidance(Guidance):
         perp_neg: bool = False
         """Perp-Neg guidance (also switched on by ``prompt_processor.perp_neg``)."""
 
+    fraction_fields: tuple[str, ...] = ("min_step_percent", "max_step_percent")
+    """Config fields that are fractions of the noise range (checked to lie in [0, 1])."""
+
     def __init__(self, cfg, prior=None):
         super().__init__()
+        check_fractions(cfg, self.fraction_fields)
+        if cfg.per_sample_t is not None:
+            warnings.warn("per_sample_t is deprecated: use views_per_level (1 for true, 0 for false)", DeprecationWarning, stacklevel=2)
+            cfg.views_per_level, cfg.per_sample_t = (1 if cfg.per_sample_t else 0), None
         self.cfg = cfg
-        # A plain attribute: DiffusionPrior is not an nn.Module, so it stays out of state_dict(),
+        # A plain attribute: a Prior is not an nn.Module, so it stays out of state_dict(),
         # parameters() and Lightning's device/dtype moves.
         self.prior = prior if prior is not None else get_prior(cfg.prior)
-        self.sampler = TimestepSampler(self.prior, cfg.min_step_percent, cfg.max_step_percent, cfg.per_sample_t)
+        self.sampler = TimestepSampler(self.prior, cfg.min_step_percent, cfg.max_step_percent, cfg.views_per_level)
         self._evaluated_at: Optional[int] = None
         self.guidance_scale = float(cfg.guidance_scale(0))
         self.grad_clip: Optional[float] = None
@@ -109,14 +139,15 @@ class ScoreGuidance(Guidance):
 
     @torch.no_grad()
     def _predict(self, x_t: torch.Tensor, t: torch.Tensor, prompts, cameras) -> Prediction:
-        """The guided prediction at ``x_t``: CFG (2B) or Perp-Neg (4B), one batched UNet call."""
+        """The guided prediction at ``x_t``: CFG (2B) or Perp-Neg (4B), one batched network call;
+        the batch's cameras go to the prior."""
         if self._use_perp_neg(prompts):
             sel = prompts.select_perp_neg(cameras)
-            return self.prior.predict_eps_perp_neg(
-                x_t, t, sel.pos, sel.uncond, sel.negs, sel.weights, self.guidance_scale
+            return self.prior.predict_perp_neg(
+                x_t, t, sel.pos, sel.uncond, sel.negs, sel.weights, self.guidance_scale, cameras=cameras
             )
         cond, uncond = prompts.select(cameras, self.cfg.view_dependent)
-        return self.prior.predict_eps(x_t, t, cond, uncond, self.guidance_scale)
+        return self.prior.predict_guided(x_t, t, cond, uncond, self.guidance_scale, cameras=cameras)
 
     def weight(self, t: torch.Tensor, ndim: int = 4) -> torch.Tensor:
         """``w(t)`` of ``cfg.weighting``, shaped ``[B,1,...]``."""

@@ -1,4 +1,4 @@
-"""SDS: DreamFusion's score distillation sampling (Poole et al. 2022) on any ``DiffusionPrior``.
+"""SDS: DreamFusion's score distillation sampling (Poole et al. 2022) on any prior (``prior_api.Prior``).
 
 Per step, for renders ``x`` ``[B,3,H,W]``::
 

@@ -1,7 +1,7 @@
 """VSD: ProlificDreamer's variational score distillation (Wang et al., NeurIPS 2023, arXiv 2305.16213).
 
 The scene is a distribution of renders; the noise SDS subtracts is replaced by ε_φ, a LoRA copy of
-the prior's UNet conditioned on the camera and trained online on the renders (``CameraLoRAUNet``).
+the prior's denoiser conditioned on the camera and trained online on the renders (``CameraLoRA``).
 Per step, for renders ``x`` ``[B,3,H,W]`` with cameras ``c`` (flattened c2w, ``[B,16]``)::
 
     z = prior.encode(x)                                      # with grad
@@ -12,7 +12,8 @@ Per step, for renders ``x`` ``[B,3,H,W]`` with cameras ``c`` (flattened c2w, ``[
     g = w(t) (eps_pre - eps_phi);  loss_vsd = surrogate(z, g)                  # ProlificDreamer Eq. 9
     # the LoRA learns the distribution of the renders: the same renders, detached (Eq. 10 / Alg. 1)
     t' ~ U{0, ..., 999};  eps' ~ N;  x' = a' sg(z) + b' eps';  c' = 0 with probability 0.1
-    loss_lora = mean (pred(phi(x'; y, c')) - target(eps', sg(z)))^2           # eps, v or x0 targets
+    loss_lora = mean (out(phi(x'; y, c')) - out(eps', sg(z)))^2    # in the base's parameterisation:
+                                                                     # eps, v = a eps - b z, x0, or flow u = eps - z
 
 One backward trains both: ``loss_vsd`` reaches only the scene (the UNet passes ran without grad)
 and ``loss_lora`` only the LoRA and the camera MLP (``z`` is detached); the LoRA and camera MLP
@@ -35,42 +36,13 @@ import torch.nn.functional as F
 
 from ..schedule import Schedule
 from .base import GuidanceInput, surrogate
-from .lora import DEFAULT_TARGETS, CameraLoRAUNet, camera_condition
-from .prior import PriorConfig, cfg_combine, get_prior
+from .cfg import cfg_combine
+from .lora import DEFAULT_TARGETS, CameraLoRA, camera_condition
+from .model_folder import PriorConfig
+from .prior_api import parameterise
+from .priors import check_lora_base, get_prior, lora_target
 from .sds import SDSGuidance, sds_weight
 from .timesteps import TimestepSampler
-
-
-def check_lora_base(prior, base) -> None:
-    """The LoRA base must read the prior's model inputs, timesteps and text embeddings unchanged.
-
-    Raises ``ValueError`` naming the mismatch (checked at start-up, before any training step)."""
-    if base is prior:
-        return
-    who = f"LoRA base {base.model_id} vs prior {prior.model_id}"
-    space = lambda p: (p.is_latent, p.latent_channels, p.vae_scale_factor)  # noqa: E731
-    if space(base) != space(prior):
-        raise ValueError(
-            f"{who}: different model space ({'latent' if base.is_latent else 'pixel'}, {base.latent_channels} "
-            f"channels, /{base.vae_scale_factor} vs {'latent' if prior.is_latent else 'pixel'}, "
-            f"{prior.latent_channels} channels, /{prior.vae_scale_factor}); the LoRA model denoises the prior's "
-            "latents, so pick a base with the same latent space (e.g. SD 2.1 for SD 2.1-base)"
-        )
-    if abs(base.scaling_factor - prior.scaling_factor) > 1e-6:
-        raise ValueError(f"{who}: VAE scaling factors differ ({base.scaling_factor} vs {prior.scaling_factor})")
-    d_base, d_prior = base.unet.config.cross_attention_dim, prior.unet.config.cross_attention_dim
-    if d_base != d_prior:
-        raise ValueError(
-            f"{who}: text embedding width {d_base} vs {d_prior}; the LoRA model reads the prior's prompt "
-            "embeddings, so both need the same text encoder"
-        )
-    same_schedule = base.num_train_timesteps == prior.num_train_timesteps and torch.allclose(
-        base.alphas_cumprod.cpu(), prior.alphas_cumprod.cpu(), atol=1e-6
-    )
-    if not same_schedule:
-        raise ValueError(f"{who}: different noise schedules; the same t must mean the same noise level in both")
-    if torch.empty(0, device=base.device).device != torch.empty(0, device=prior.device).device:  # "cuda" == "cuda:0"
-        raise ValueError(f"{who}: on different devices ({base.device} vs {prior.device}); set lora_prior.device")
 
 
 class VSDGuidance(SDSGuidance):
@@ -93,6 +65,7 @@ class VSDGuidance(SDSGuidance):
 
     loss_name = "vsd"
     lora_sampler: Optional[TimestepSampler] = None
+    fraction_fields = SDSGuidance.fraction_fields + ("lora_min_step_percent", "lora_max_step_percent")
 
     @dataclass
     class Config(SDSGuidance.Config):
@@ -110,8 +83,9 @@ class VSDGuidance(SDSGuidance):
         """LoRA training timesteps t' (1.0 -> t = 999: U[0, 1000) as ProlificDreamer)."""
         lora_camera_dropout: float = 0.1
         """Probability of training on the zero ("no camera") condition; ESD needs the unconditional branch."""
-        lora_target: Literal["auto", "epsilon", "v_prediction", "sample"] = "auto"
-        """What the LoRA loss compares: eps, v = a eps - b z, or z; auto: the base model's own prediction type."""
+        lora_target: Literal["auto", "epsilon", "v_prediction", "sample", "flow"] = "auto"
+        """What the LoRA loss compares: eps, v = a eps - b z, z, or the flow velocity eps - z; auto: the
+        base model's own parameterisation (v only on DDPM bases, flow only on flow bases)."""
         lora_samples: int = 1
         """Fresh (t', eps', dropout) draws per render in one step's LoRA loss (threestudio lora_n_timestamp_samples)."""
         lora_every: int = 1
@@ -129,9 +103,9 @@ class VSDGuidance(SDSGuidance):
         if lora_prior is None:
             lora_prior = self.prior if cfg.lora_prior is None else get_prior(cfg.lora_prior)
         check_lora_base(self.prior, lora_prior)
+        self.lora_target = lora_target(lora_prior, cfg.lora_target)
         self.lora_prior = lora_prior  # plain attribute, like ``prior``
-        self.lora = CameraLoRAUNet(lora_prior, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
-        self.lora_target = lora_prior.prediction_type if cfg.lora_target == "auto" else cfg.lora_target
+        self.lora = CameraLoRA(lora_prior, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
         self.lora_sampler = TimestepSampler(lora_prior, cfg.lora_min_step_percent, cfg.lora_max_step_percent, True)
         self.camera_lambda = 0.0
         self.update_step(0, 0)
@@ -150,17 +124,17 @@ class VSDGuidance(SDSGuidance):
     # ---- the objective ----------------------------------------------------------------------
 
     def lora_eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
-        """eps_phi with CFG on the camera condition (scale ``1 - camera_lambda``); one UNet call of
-        B (lambda 0 or 1) or 2B. ``cond`` ``[B or 1,L,D]`` is the view-independent prompt."""
+        """eps_phi with CFG on the camera condition (scale ``1 - camera_lambda``); one network call of
+        B (lambda 0 or 1) or 2B. ``cond`` (a ``Conditioning`` of B or 1 rows) is the view-independent prompt."""
         B = x_t.shape[0]
-        cond = cond.expand(B, -1, -1)
+        cond = cond.expand(B)
         s = 1.0 - self.camera_lambda
         if s == 1.0:
             return self.lora.predict(x_t, t, cond, camera).eps
         if s == 0.0:
             return self.lora.predict(x_t, t, cond, torch.zeros_like(camera)).eps
         pred = self.lora.predict(
-            torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, cond]), torch.cat([camera, torch.zeros_like(camera)])
+            torch.cat([x_t, x_t]), torch.cat([t, t]), cond.repeat(2), torch.cat([camera, torch.zeros_like(camera)])
         )
         return cfg_combine(pred.eps[:B], pred.eps[B:], s)
 
@@ -173,13 +147,10 @@ class VSDGuidance(SDSGuidance):
         eps = torch.randn_like(z0)
         x = self.lora_prior.add_noise(z0, eps, t)
         keep = (torch.rand(N, device=camera.device) >= self.cfg.lora_camera_dropout).to(camera.dtype)
-        pred = self.lora.predict(x, t, cond.expand(N, -1, -1), camera.repeat(n, 1) * keep[:, None])
-        if self.lora_target == "epsilon":
-            return F.mse_loss(pred.eps, eps)
-        if self.lora_target == "sample":
-            return F.mse_loss(pred.x0, z0)
-        a, b = self.lora_prior.alpha_sigma(t, z0.dim())  # v = a eps - b z (diffusers' get_velocity)
-        return F.mse_loss(a * pred.eps - b * pred.x0, a * eps - b * z0)
+        c = cond.expand(N) if len(cond) == 1 else cond.repeat(n)
+        pred = self.lora.predict(x, t, c, camera.repeat(n, 1) * keep[:, None])
+        a, b = pred.a, pred.b
+        return F.mse_loss(parameterise(self.lora_target, pred.eps, pred.x0, a, b), parameterise(self.lora_target, eps, z0, a, b))
 
     def forward(self, inp: GuidanceInput, prompts, step: int) -> dict:
         if self._evaluated_at != step:

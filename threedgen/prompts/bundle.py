@@ -1,6 +1,7 @@
-"""``PromptBundle``: a prompt's precomputed text embeddings and the per-camera selection rule.
+"""``PromptBundle``: a prompt's precomputed conditionings and the per-camera selection rule.
 
-Conditional and unconditional embeddings are named fields, never a chunk order. View-dependent
+Every field is a ``Conditioning`` (``guidance/prior_api.py``: token embeddings plus, for SD3-class
+priors, a pooled embedding). Conditional and unconditional ones are named fields, never a chunk order. View-dependent
 embeddings are stacked in ``VIEWS`` order (side, front, back, overhead) and chosen per camera by
 ``view_index`` (the same rule the toy world's captions use). Perp-Neg (Armandpour et al. 2023;
 threestudio's variant) interpolates the positive embedding by azimuth and adds two negative view
@@ -14,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from ..guidance.prior_api import Conditioning, as_conditioning
 from .views import VIEWS, view_index, wrap_degrees
 
 # threestudio's Perp-Neg weight curves f(r) = a * exp(-b r) + c, as (a, b, c)
@@ -30,27 +32,27 @@ def _decay(params: tuple[float, float, float], r: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class PerpNegSelection:
-    pos: torch.Tensor  # [B,L,D] azimuth-interpolated positive embedding
-    uncond: torch.Tensor  # [B,L,D]
-    negs: torch.Tensor  # [B,K=2,L,D] negative view embeddings
+    pos: Conditioning  # B rows: the azimuth-interpolated positive conditioning
+    uncond: Conditioning  # B rows
+    negs: list[Conditioning]  # K = 2 negative view conditionings of B rows each
     weights: torch.Tensor  # [B,K] (negative numbers: push away)
 
 
 @dataclass
 class PromptBundle:
-    """Text embeddings of one prompt for one prior.
+    """Conditionings of one prompt for one prior.
 
-    - ``cond`` ``[1,L,D]``: the prompt.
-    - ``uncond`` ``[1,L,D]``: the negative prompt (``""`` by default); CFG's unconditional branch.
-    - ``null`` ``[1,L,D]``: the empty prompt; the same tensor as ``uncond`` when the negative is empty
+    - ``cond`` (1 row): the prompt.
+    - ``uncond`` (1 row): the negative prompt (``""`` by default); CFG's unconditional branch.
+    - ``null`` (1 row): the empty prompt; the same object as ``uncond`` when the negative is empty
       (objectives such as CSD/NFSD that need both use ``null`` and ``uncond`` separately).
-    - ``cond_vd`` ``[4,L,D]``: ``"<prompt>, <view> view"`` for the views in ``VIEWS`` order.
+    - ``cond_vd`` (4 rows): ``"<prompt>, <view> view"`` for the views in ``VIEWS`` order.
     """
 
-    cond: torch.Tensor
-    uncond: torch.Tensor
-    null: torch.Tensor
-    cond_vd: torch.Tensor
+    cond: Conditioning
+    uncond: Conditioning
+    null: Conditioning
+    cond_vd: Conditioning
     text: str
     negative_text: str = ""
     view_texts: tuple[str, ...] = ()
@@ -68,15 +70,19 @@ class PromptBundle:
     model_id: str = ""
     meta: dict = field(default_factory=dict)
 
+    def __post_init__(self):  # bare [N,L,D] embeddings are token-only conditionings
+        same = self.null is self.uncond
+        self.cond, self.uncond, self.cond_vd = (as_conditioning(c) for c in (self.cond, self.uncond, self.cond_vd))
+        self.null = self.uncond if same else as_conditioning(self.null)
+
     @property
     def device(self) -> torch.device:
         return self.cond.device
 
     def to(self, device=None, dtype=None) -> "PromptBundle":
-        conv = lambda x: x.to(device=device, dtype=dtype)  # noqa: E731
-        null = self.uncond if self.null is self.uncond else self.null
+        conv = lambda c: c.to(device=device, dtype=dtype)  # noqa: E731
         out = replace(self, cond=conv(self.cond), uncond=conv(self.uncond), cond_vd=conv(self.cond_vd))
-        out.null = out.uncond if null is self.uncond else conv(null)
+        out.null = out.uncond if self.null is self.uncond else conv(self.null)
         return out
 
     def view_indices(self, cameras) -> torch.Tensor:
@@ -90,15 +96,15 @@ class PromptBundle:
         )
         return idx.to(self.device)
 
-    def select(self, cameras, view_dependent: Optional[bool] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cond [B,L,D], uncond [B,L,D])`` for a ``CameraBatch`` (anything with ``elevation_deg``
+    def select(self, cameras, view_dependent: Optional[bool] = None) -> tuple[Conditioning, Conditioning]:
+        """``(cond, uncond)`` of ``B`` rows each for a ``CameraBatch`` (anything with ``elevation_deg``
         and ``azimuth_deg``). With view-dependent prompting the conditional embedding is the view
         prompt chosen by ``view_index`` (azimuth wrapped to (-180, 180]); the unconditional one is
         always the negative prompt."""
         B = len(cameras.azimuth_deg)
         vd = self.view_dependent if view_dependent is None else view_dependent
-        cond = self.cond_vd[self.view_indices(cameras)] if vd else self.cond.expand(B, -1, -1)
-        return cond, self.uncond.expand(B, -1, -1)
+        cond = self.cond_vd[self.view_indices(cameras)] if vd else self.cond.expand(B)
+        return cond, self.uncond.expand(B)
 
     def select_perp_neg(self, cameras) -> PerpNegSelection:
         """Perp-Neg embeddings and weights per camera (threestudio's rule).
@@ -113,18 +119,17 @@ class PromptBundle:
         side, front, back, overhead = (self.cond_vd[VIEWS.index(v)] for v in ("side", "front", "back", "overhead"))
         B = az.shape[0]
         fr = az < 90.0
-        r = torch.where(fr, 1.0 - az / 90.0, 2.0 - az / 90.0).view(B, 1, 1)
-        pos = torch.where(fr.view(B, 1, 1), r * front + (1 - r) * side, r * side + (1 - r) * back)
-        neg0 = torch.where(fr.view(B, 1, 1), front.expand(B, -1, -1), side.expand(B, -1, -1))
-        neg1 = torch.where(fr.view(B, 1, 1), side.expand(B, -1, -1), front.expand(B, -1, -1))
-        r1 = r.view(B)
-        w0 = torch.where(fr, -_decay(self.perp_neg_f_fs, r1), -_decay(self.perp_neg_f_sb, r1))
-        w1 = torch.where(fr, -_decay(self.perp_neg_f_sf, 1.0 - r1), -_decay(self.perp_neg_f_fsb, r1))
-        top = (idx == VIEWS.index("overhead")).view(B, 1, 1)
-        uncond = self.uncond.expand(B, -1, -1)
-        pos = torch.where(top, overhead.expand(B, -1, -1), pos)
-        neg0 = torch.where(top, uncond, neg0)
-        neg1 = torch.where(top, uncond, neg1)
+        r = torch.where(fr, 1.0 - az / 90.0, 2.0 - az / 90.0)
+        side, front, back, overhead = (c.expand(B) for c in (side, front, back, overhead))
+        pos = front.lerp(side, r).where(fr, side.lerp(back, r))
+        neg0 = front.where(fr, side)
+        neg1 = side.where(fr, front)
+        w0 = torch.where(fr, -_decay(self.perp_neg_f_fs, r), -_decay(self.perp_neg_f_sb, r))
+        w1 = torch.where(fr, -_decay(self.perp_neg_f_sf, 1.0 - r), -_decay(self.perp_neg_f_fsb, r))
+        top = idx == VIEWS.index("overhead")
+        uncond = self.uncond.expand(B)
+        pos = overhead.where(top, pos)
+        neg0 = uncond.where(top, neg0)
+        neg1 = uncond.where(top, neg1)
         weights = torch.stack([w0, w1], dim=1).masked_fill(top.view(B, 1), 0.0)
-        return PerpNegSelection(pos=pos, uncond=uncond, negs=torch.stack([neg0, neg1], dim=1), weights=weights)
-
+        return PerpNegSelection(pos=pos, uncond=uncond, negs=[neg0, neg1], weights=weights)

@@ -1,6 +1,6 @@
-"""``PromptProcessor``: prompt -> ``PromptBundle`` of text embeddings, cached on disk.
+"""``PromptProcessor``: prompt -> ``PromptBundle`` of conditionings, cached on disk.
 
-The embeddings of the prompt, the negative prompt, the empty prompt and the four view prompts
+The conditionings (token embeddings, and pooled ones for SD3-class priors) of the prompt, the negative prompt, the empty prompt and the four view prompts
 are computed once with the prior's text encoder, written to ``cache_dir`` (safetensors, atomic
 write) under a hash of the text encoder's identity and every prompt string, and the text encoder
 is freed. A later run with the same prompts and model reads the file and never loads the text
@@ -19,12 +19,16 @@ from pathlib import Path
 
 import torch
 
+from ..guidance.prior_api import Conditioning
 from .bundle import PERP_NEG_F_FS, PERP_NEG_F_FSB, PERP_NEG_F_SB, PERP_NEG_F_SF, PromptBundle
 from .views import VIEWS, view_prompt
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+"""2: one safetensors key per conditioning field (``cond/emb``, ``cond/pooled``, ...)."""
+
+NAMES = ("cond", "uncond", "null", "cond_vd")
 
 
 class PromptProcessor:
@@ -78,31 +82,31 @@ class PromptProcessor:
         return self.cache_dir / f"{self.cache_key(prior)}.safetensors"
 
     def bundle(self, prior) -> PromptBundle:
-        """Embeddings for ``prior`` (``DiffusionPrior``), from the cache when possible."""
+        """Conditionings for ``prior`` (a ``guidance.prior_api.Prior``), from the cache when possible."""
         cfg = self.cfg
-        tensors = self._read_cache(prior) if cfg.use_cache else None
-        if tensors is None:
+        conds = self._read_cache(prior) if cfg.use_cache else None
+        if conds is None:
             texts = [cfg.prompt, cfg.negative_prompt, ""] + self.view_texts()
             unique = list(dict.fromkeys(texts))
             log.info("embedding %d prompt(s) with %s's text encoder", len(unique), prior.model_id)
             emb = prior.encode_text(unique)
             prior.free_text_encoder()
-            by_text = {t: emb[i : i + 1].clone() for i, t in enumerate(unique)}
-            tensors = {
+            by_text = {t: emb[i].map(torch.clone) for i, t in enumerate(unique)}
+            conds = {
                 "cond": by_text[cfg.prompt],
                 "uncond": by_text[cfg.negative_prompt],
                 "null": by_text[""],
-                "cond_vd": torch.cat([by_text[t] for t in self.view_texts()], dim=0),
+                "cond_vd": Conditioning.cat([by_text[t] for t in self.view_texts()]),
             }
             if cfg.use_cache:
-                self._write_cache(prior, tensors)
-        uncond = tensors["uncond"]
-        null = uncond if cfg.negative_prompt == "" else tensors["null"]
+                self._write_cache(prior, conds)
+        uncond = conds["uncond"]
+        null = uncond if cfg.negative_prompt == "" else conds["null"]
         return PromptBundle(
-            cond=tensors["cond"],
+            cond=conds["cond"],
             uncond=uncond,
             null=null,
-            cond_vd=tensors["cond_vd"],
+            cond_vd=conds["cond_vd"],
             text=cfg.prompt,
             negative_text=cfg.negative_prompt,
             view_texts=tuple(self.view_texts()),
@@ -131,12 +135,16 @@ class PromptProcessor:
         except Exception as e:  # a truncated or foreign file: recompute and overwrite
             log.warning("ignoring unreadable prompt-embedding cache %s (%s)", path, e)
             return None
-        if not {"cond", "uncond", "null", "cond_vd"} <= set(tensors):
-            return None
+        conds = {}
+        for name in NAMES:
+            fields = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(name + "/")}
+            if "emb" not in fields:
+                return None
+            conds[name] = Conditioning(**fields)
         log.info("prompt embeddings for %r read from %s", self.cfg.prompt, path)
-        return tensors
+        return conds
 
-    def _write_cache(self, prior, tensors) -> None:
+    def _write_cache(self, prior, conds: dict) -> None:
         from safetensors.torch import save_file
 
         path = self.cache_path(prior)
@@ -151,7 +159,8 @@ class PromptProcessor:
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
             os.close(fd)
             try:
-                save_file({k: v.detach().float().cpu().clone() for k, v in tensors.items()}, tmp, metadata=meta)
+                flat = {f"{name}/{k}": v.detach().float().cpu().clone() for name, c in conds.items() for k, v in c.present().items()}
+                save_file({k: v.contiguous() for k, v in flat.items()}, tmp, metadata=meta)
                 os.replace(tmp, path)
             finally:
                 if os.path.exists(tmp):

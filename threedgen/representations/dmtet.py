@@ -72,7 +72,12 @@ class DMTet(Representation):
         freeze_geometry: bool = False
         """Texture stage: SDF and deformation get requires_grad=False and the mesh is extracted once."""
         convert_resolution: int = 128
-        """Density lattice used to choose the NeRF's threshold in ``convert_from``."""
+        """Density lattice used to choose the NeRF's threshold in ``convert_from`` (and the solid grid
+        when converting from renders)."""
+        convert_views: int = 40
+        """Orbit views rendered when converting from another representation's renders (Gaussians)."""
+        convert_view_resolution: int = 128
+        """Their size in pixels."""
         convert_albedo_steps: int = 200
         """Regression steps when the NeRF's colour network cannot be copied."""
         lr_geometry: Schedule = Schedule(5e-3)
@@ -228,7 +233,7 @@ class DMTet(Representation):
         from ..export.texture_fit import back_project
         from ..export.views import capture
 
-        views = capture(render, 40, 128)
+        views = capture(render, self.cfg.convert_views, self.cfg.convert_view_resolution)
         field, origin, cell = solid_field(views, self.cfg.convert_resolution)
         d = sample_field(field, origin, cell, self.grid_verts.cpu()).to(self.sdf_init.device)
         self.sdf_init.copy_((-d / self.cell).clamp(-1.0, 1.0))  # DMTet: positive inside, about one cell of band

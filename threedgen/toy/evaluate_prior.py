@@ -43,7 +43,7 @@ def evaluate(
     # samples are cached (keyed by the UNet file and the sampling settings) so that re-judging them with a
     # retrained classifier costs nothing
     unet_file = Path(prior_path) / "unet" / "diffusion_pytorch_model.safetensors"
-    key = hashlib.sha1(f"{unet_file.stat().st_mtime_ns}-{n}-{guidance_scale}-{steps}-{seed}".encode()).hexdigest()[:12]
+    key = hashlib.sha1(f"prior-sampler-{unet_file.stat().st_mtime_ns}-{n}-{guidance_scale}-{steps}-{seed}".encode()).hexdigest()[:12]
     cache = Path(cache_dir) / f"toy-prior-eval-samples-{key}.pt"
     t0 = time.time()
     if cache.exists():

@@ -1,50 +1,28 @@
-"""Draw images from the toy prior: DDIM with classifier-free guidance, straight from the diffusers folder.
+"""Draw images from the toy prior through the prior's own sampler (``Prior.sample``: deterministic DDIM
+with classifier-free guidance), and write them as a grid.
 
-Why a separate sampler (and not a diffusers pipeline): the toy prior is a pixel-space model with no VAE,
-which no stock text-to-image pipeline covers. Guidance is written the project's one way,
-``eps_u + s * (eps_c - eps_u)``; samples are clipped to [-1, 1] only at the end (clipping every step
-collapses pixel-space samples at useful guidance scales, see notes/toy-prior-findings.md).
+Guidance is the project's one form, ``eps_u + s * (eps_c - eps_u)``; samples are clipped to [-1, 1]
+only at the end (clipping every step collapses pixel-space samples at useful guidance scales).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 
-@dataclass
-class ToyPrior:
-    unet: torch.nn.Module
-    text_encoder: torch.nn.Module
-    tokenizer: object
-    scheduler: object
+def load_prior(path: str | Path = "assets/toy-prior", device="cpu"):
+    """The shared prior for the toy folder, through the same ``from_pretrained`` path as Stable Diffusion."""
+    from ..guidance.model_folder import PriorConfig
+    from ..guidance.priors import get_prior
 
-    @torch.no_grad()
-    def encode(self, prompts: list[str]) -> torch.Tensor:
-        from .tokenizer import tokenize
-
-        ids = tokenize(self.tokenizer, prompts)
-        return self.text_encoder(ids.to(self.unet.device)).last_hidden_state
-
-
-def load_prior(path: str | Path = "assets/toy-prior", device="cpu") -> ToyPrior:
-    """Load the four components with the same ``from_pretrained`` calls used for Stable Diffusion."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    path = str(path)
-    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet").to(device).eval()
-    te = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").to(device).eval()
-    tok = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
-    sched = DDIMScheduler.from_pretrained(path, subfolder="scheduler")
-    return ToyPrior(unet, te, tok, sched)
+    return get_prior(PriorConfig(model=str(path), device=str(device)))
 
 
 @torch.no_grad()
 def sample(
-    prior: ToyPrior,
+    prior,
     prompts: list[str],
     guidance_scale: float = 5.0,
     steps: int = 50,
@@ -54,31 +32,19 @@ def sample(
     progress: bool = False,
 ) -> torch.Tensor:
     """One image per prompt, ``[B,3,H,W]`` in [0,1]. Deterministic for a given seed and prompt order."""
-    from diffusers import DDIMScheduler
     from tqdm import tqdm
 
-    unet = prior.unet
-    sched = DDIMScheduler.from_config(prior.scheduler.config)
-    sched.set_timesteps(steps)
-    res, ch = unet.config.sample_size, unet.config.in_channels
     g = torch.Generator().manual_seed(seed)
+    res, ch = prior.latent_resolution, prior.latent_channels
     noise = torch.randn(len(prompts), ch, res, res, generator=g)
-    enc_u1 = prior.encode([negative_prompt])
+    uncond = prior.encode_text([negative_prompt])
     out = []
-    bar = tqdm(total=len(sched.timesteps) * len(prompts), desc="DDIM sampling", unit="img-step",
-               disable=not progress, mininterval=10.0)
+    bar = tqdm(total=len(prompts), desc="sampling", unit="img", disable=not progress, mininterval=10.0)
     for s in range(0, len(prompts), batch_size):
         chunk = prompts[s : s + batch_size]
-        enc_c = prior.encode(chunk)
-        enc = torch.cat([enc_u1.expand(len(chunk), -1, -1), enc_c])
-        x = noise[s : s + batch_size].to(unet.device)
-        for t in sched.timesteps:
-            eps = unet(torch.cat([x, x]), t, enc).sample
-            eps_u, eps_c = eps.chunk(2)
-            eps = eps_u + guidance_scale * (eps_c - eps_u)
-            x = sched.step(eps, t, x, eta=0.0).prev_sample
-            bar.update(len(chunk))
-        out.append(((x.clamp(-1, 1) + 1) / 2).cpu())
+        x_T = noise[s : s + batch_size].to(prior.device)
+        out.append(prior.sample(prior.encode_text(chunk), uncond, guidance_scale, steps, x_T=x_T).cpu())
+        bar.update(len(chunk))
     bar.close()
     return torch.cat(out)
 

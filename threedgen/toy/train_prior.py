@@ -3,10 +3,10 @@
     python -m threedgen.toy.train_prior --out assets/toy-prior --steps 4500 --max-minutes 88 --seed 0 --threads 2 [--resume]
 
 Why this shape: the prior is saved in the diffusers folder layout (``unet/``, ``text_encoder/``,
-``tokenizer/``, ``scheduler/``, ``model_index.json``) so ``DiffusionPrior`` loads it through the same
+``tokenizer/``, ``scheduler/``, ``model_index.json``) so ``DDPMPrior`` loads it through the same
 ``from_pretrained`` calls as Stable Diffusion. Noise schedule = SD's (scaled-linear beta 0.00085-0.012,
 1000 steps, epsilon prediction); ``clip_sample=False`` because pixel-space sampling with clipping collapses
-at useful guidance scales (notes/toy-prior-findings.md). The text encoder is trained jointly with the UNet;
+at useful guidance scales. The text encoder is trained jointly with the UNet;
 an EMA of both is what gets saved.
 
 Determinism: every step's batch, captions, noise and timesteps come from a generator seeded by

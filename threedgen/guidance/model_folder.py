@@ -1,0 +1,257 @@
+"""Finding and loading a prior's diffusers folder: the config, hub resolution, dtype/device, and
+``ModelFolder``, which loads the components a prior names (denoiser, VAE, tokenizers, text encoders).
+
+A model is a local diffusers folder (relative to the current directory, then to the repository
+root) or a hub id already in the Hugging Face cache. diffusers and transformers are imported
+inside functions only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DENOISERS = ("unet", "transformer")
+"""Subfolders that hold the denoising network, in the order they are looked for."""
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+"""The repository root (the parent of the ``threedgen`` package); relative model folders such as
+``assets/toy-prior`` are looked up here after the current directory."""
+
+
+class PriorNotFoundError(FileNotFoundError):
+    """The model folder or hub id could not be found; the message says where we looked."""
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt was longer than the tokenizer's maximum length and was cut."""
+
+
+@dataclass
+class PriorConfig:
+    model: str = "assets/toy-prior"
+    """Local diffusers folder (relative to the current directory, then to the repository root) or a
+    hub id such as ``stabilityai/stable-diffusion-2-1-base`` (must already be in the HF cache when
+    ``HF_HUB_OFFLINE=1``)."""
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """Weight dtype; ``auto`` is fp16 on a GPU and fp32 on a CPU."""
+    device: str = "auto"
+    """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda``, ``cuda:1``, ..."""
+    variant: Optional[str] = None
+    """Weight file variant passed to ``from_pretrained`` (e.g. ``fp16`` for DeepFloyd IF)."""
+    revision: Optional[str] = None
+    cpu_offload: bool = False
+    """Keep the UNet and VAE on the CPU and move each to the GPU only while it runs (saves memory,
+    costs a transfer per call). The text encoder is always loaded only when needed and freed after."""
+    resolution: Optional[int] = None
+    """Image size the render is resized to before encoding; default the denoiser's ``sample_size`` times
+    the VAE's downsampling factor (512 for SD 2.1-base, 64 for IF stage I)."""
+    encode_mode: Literal["sample", "mean"] = "sample"
+    """Latent models: take a sample of the VAE posterior (threestudio) or its mean."""
+    scheduler: Literal["ddim", "ddpm"] = "ddim"
+    """Scheduler class loaded from ``scheduler/`` (exposed as ``prior.scheduler`` for sampling code;
+    objectives use ``alpha_sigma``/``ddim_step`` instead)."""
+
+
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` is set (read now, not at import time)."""
+    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    if env.strip().upper() in {"1", "ON", "YES", "TRUE"}:
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:  # pragma: no cover - huggingface_hub always ships with diffusers
+        return False
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    """``owner/name``: exactly one slash, not an explicit relative or absolute path."""
+    return model.count("/") == 1 and not model.startswith((".", "/", "~")) and "\\" not in model and not model.endswith("/")
+
+
+def resolve_model(model: str, revision: Optional[str] = None) -> tuple[str, bool]:
+    """``(location, is_local)``: an absolute folder path, or the hub id when it is in the HF cache.
+
+    Local folders are tried relative to the current directory, then to the repository root. A
+    string that names no folder is treated as a hub id; it must be in the Hugging Face cache when
+    the hub is offline. Raises ``PriorNotFoundError`` naming every place looked at.
+    """
+    p = Path(model).expanduser()
+    candidates = [p] if p.is_absolute() else [Path.cwd() / p, REPO_ROOT / p]
+    for c in candidates:
+        if c.is_dir():
+            c = c.resolve()
+            if not any((c / d / "config.json").is_file() for d in DENOISERS):
+                raise PriorNotFoundError(
+                    f"diffusion prior folder {str(c)!r} has no unet/ or transformer/ subfolder (looked for "
+                    f"{str(c / 'unet' / 'config.json')!r}); a prior folder is in diffusers layout: "
+                    "model_index.json, unet/ (or transformer/), scheduler/, text_encoder/, tokenizer/ and, "
+                    "for latent models, vae/"
+                )
+            return str(c), True
+    looked = " and ".join(repr(str(c)) for c in dict.fromkeys(candidates))
+    if not _looks_like_hub_id(model):
+        raise PriorNotFoundError(f"diffusion prior {model!r} not found: no folder at {looked}")
+    if _hub_file(model, "model_index.json", revision) is None:
+        offline = hub_offline()
+        how = (
+            "HF_HUB_OFFLINE=1 is set, so nothing is fetched"
+            if offline
+            else "fetching it from the hub failed (no network?)"
+        )
+        raise PriorNotFoundError(
+            f"diffusion prior {model!r} not found: no folder at {looked}, and as a Hugging Face hub "
+            f"id its model_index.json is not in the local HF cache ({how}). Hub models must be in the "
+            f"HF cache first (e.g. `hf download {model}` on a machine with network, then "
+            "copy ~/.cache/huggingface), or point `model` at a local diffusers folder"
+        )
+    return model, False
+
+
+def _hub_file(repo_id: str, filename: str, revision: Optional[str]) -> Optional[str]:
+    """Path of a hub file from the local cache (or downloaded when online); None if unavailable."""
+    try:
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        cached = try_to_load_from_cache(repo_id, filename, revision=revision)
+    except Exception:
+        cached = None
+    if isinstance(cached, str):
+        return cached
+    if hub_offline():
+        return None
+    try:
+        return hf_hub_download(repo_id, filename, revision=revision)
+    except Exception as e:  # network errors, gated repos, missing repos
+        log.warning("could not fetch %s from hub repo %s: %s", filename, repo_id, e)
+        return None
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def freeze(module):
+    module.requires_grad_(False)
+    module.eval()
+    return module
+
+
+class ModelFolder:
+    """One diffusers model (folder or cached hub id) and the loading of its components.
+
+    ``load`` turns a missing weight file into a ``PriorNotFoundError`` naming the model and subfolder.
+    """
+
+    def __init__(self, cfg: "PriorConfig", dtype: torch.dtype):
+        self.cfg = cfg
+        self.dtype = dtype
+        self.location, self.is_local = resolve_model(cfg.model, cfg.revision)
+        self.index = self._read_index()
+        self.load_kw = dict(variant=cfg.variant, revision=cfg.revision)
+        if not self.is_local and hub_offline():
+            self.load_kw["local_files_only"] = True
+
+    def _read_index(self) -> dict:
+        if self.is_local:
+            f = Path(self.location) / "model_index.json"
+        else:
+            path = _hub_file(self.location, "model_index.json", self.cfg.revision)
+            f = Path(path) if path else None
+        if f is not None and f.is_file():
+            return json.loads(f.read_text())
+        return {}
+
+    def config(self, subfolder: str, name: str = "config.json") -> dict:
+        """A component's JSON config (``{}`` when absent)."""
+        if self.is_local:
+            f = Path(self.location) / subfolder / name
+            return json.loads(f.read_text()) if f.is_file() else {}
+        path = _hub_file(self.location, f"{subfolder}/{name}", self.cfg.revision)
+        return json.loads(Path(path).read_text()) if path else {}
+
+    def has(self, name: str) -> bool:
+        entry = self.index.get(name)
+        if self.is_local:
+            on_disk = (Path(self.location) / name / "config.json").is_file()
+            return on_disk and (entry is None or (isinstance(entry, list) and entry[0] is not None))
+        return isinstance(entry, list) and entry[0] is not None
+
+    def component_class(self, name: str, lib, default: str):
+        entry = self.index.get(name)
+        cls_name = entry[1] if isinstance(entry, list) and len(entry) == 2 and entry[1] else default
+        return getattr(lib, cls_name, None) or getattr(lib, default)
+
+    def load(self, cls, subfolder: str, dtype_kw: str = "torch_dtype"):
+        try:
+            return cls.from_pretrained(self.location, subfolder=subfolder, **{dtype_kw: self.dtype}, **self.load_kw)
+        except OSError as e:  # missing weight files, wrong variant: say which model and folder
+            variant = f" (variant {self.cfg.variant!r}; set prior.variant=null for plain weights)" if self.cfg.variant else ""
+            raise PriorNotFoundError(
+                f"could not load {cls.__name__} from {self.location}/{subfolder}{variant}: {str(e).splitlines()[0]}"
+            ) from None
+
+    def load_scheduler(self, cls):
+        if self.is_local and not (Path(self.location) / "scheduler").is_dir():
+            raise PriorNotFoundError(
+                f"diffusion prior folder {self.location!r} has no scheduler/ subfolder (looked for "
+                f"{str(Path(self.location) / 'scheduler' / 'scheduler_config.json')!r})"
+            )
+        return cls.from_pretrained(self.location, subfolder="scheduler", **{k: v for k, v in self.load_kw.items() if k != "variant"})
+
+    def load_tokenizer(self, subfolder: str):
+        from transformers import AutoTokenizer
+
+        kw = {k: v for k, v in self.load_kw.items() if k != "variant"}
+        return AutoTokenizer.from_pretrained(self.location, subfolder=subfolder, **kw)
+
+    def load_text_encoder(self, subfolder: str, device: torch.device):
+        import transformers
+
+        if self.is_local and not (Path(self.location) / subfolder / "config.json").is_file():
+            raise PriorNotFoundError(
+                f"diffusion prior folder {self.location!r} has no {subfolder}/ (looked for "
+                f"{str(Path(self.location) / subfolder / 'config.json')!r}); it is needed to "
+                "embed prompts that are not in the embedding cache"
+            )
+        cls = self.component_class(subfolder, transformers, "AutoModel")
+        te = cls.from_pretrained(self.location, subfolder=subfolder, dtype=self.dtype, **self.load_kw)
+        return freeze(te).to(device)
+
+    def text_fingerprint(self, subfolders) -> str:
+        """Identifies the text encoders and tokenizers, for the prompt-embedding cache key.
+
+        Local folders: size and modification time of every file under the given subfolders (so a
+        retrained toy prior misses the cache). Hub ids: id, revision, variant.
+        """
+        if not self.is_local:
+            return f"hub:{self.location}@{self.cfg.revision}:{self.cfg.variant}"
+        parts = [f"local:{self.location}"]
+        for sub in subfolders:
+            d = Path(self.location) / sub
+            if d.is_dir():
+                for f in sorted(d.rglob("*")):
+                    if f.is_file():
+                        st = f.stat()
+                        parts.append(f"{f.relative_to(self.location)}:{st.st_size}:{st.st_mtime_ns}")
+        return "|".join(parts)
