@@ -378,3 +378,42 @@ def test_objective_contract_on_latent_v_prior(name, sd_v_prior):
     assert g.param_groups() == [] and list(g.parameters()) == []
     cls = type(g)
     assert to_plain(from_dict(cls.Config, to_plain(g.cfg))) == to_plain(g.cfg)
+
+
+def test_cds_recon_std_rescale_follows_consistent3d(pixel_prior, prompts):
+    """phi = 0.5, rebuilt as Consistent3D's ``get_rescaled_sample`` / ``compute_grad_consistency``:
+    x0_r = phi x0 std(x0_c)/std(x0) + (1 - phi) x0 (per sample), eps_r = (x~_t - x0_r) / sig_t in
+    VE coordinates, the Euler step along eps_r, and g = (sig_t/sig_t')(eps_t - eps_r) + (eps_r - eps_t')."""
+    g = _cds(pixel_prior, recon_std_rescale=0.5)
+    image = _image()
+    _, grad = _run(g, image, prompts)
+    torch.manual_seed(1)
+    t, tn = g.sampler.consistency_pair(B, 0.5, 0.1, 0.2)
+    z = image.detach() * 2 - 1
+    (a, b), (a_n, b_n) = _ab(pixel_prior, t), _ab(pixel_prior, tn)
+    sig, sig_n = b / a, b_n / a_n
+    cond, neg = prompts.select(_cams())
+    xv_t = z + sig * g.fixed_noise
+    eps_c = _eps(pixel_prior, a * xv_t, t, cond)
+    eps_t = _cfg(pixel_prior, a * xv_t, t, cond, neg, 7.5)
+    x0, x0_c = xv_t - sig * eps_t, xv_t - sig * eps_c
+    std = lambda x: x.std(dim=(1, 2, 3), keepdim=True) + 1e-8  # noqa: E731
+    x0_r = 0.5 * x0 * std(x0_c) / std(x0) + 0.5 * x0
+    eps_r = (xv_t - x0_r) / sig
+    xv_n = xv_t + (sig_n - sig) * eps_r
+    eps_n = _cfg(pixel_prior, a_n * xv_n, tn, cond, neg, 7.5)
+    _close(grad, (sig / sig_n) * (eps_t - eps_r) + (eps_r - eps_n), rtol=1e-3)
+    with pytest.raises(ValueError, match="recon_std_rescale"):
+        _cds(pixel_prior, recon_std_rescale=1.5)
+
+
+def test_noise_levels_are_fractions_and_old_spellings_are_explained(pixel_prior):
+    """A paper's integer step where a fraction belongs is refused with the conversion; an older run
+    folder's ``per_sample_t`` still reads as ``views_per_level``."""
+    with pytest.raises(ValueError, match=r"interval is a fraction of the noise range.*100 -> 0.1"):
+        _guidance("ism", pixel_prior, interval=[0, 100, 50, 1500])
+    with pytest.raises(ValueError, match="t_next is a fraction"):
+        _guidance("cds", pixel_prior, t_next=700)
+    with pytest.warns(DeprecationWarning, match="views_per_level"):
+        g = _guidance("sds", pixel_prior, per_sample_t=False)
+    assert g.sampler.views_per_level == 0
