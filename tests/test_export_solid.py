@@ -104,12 +104,13 @@ def test_fitted_scene_exports_a_closed_mesh_with_its_topology_that_looks_like_it
     finally:
         torch.set_num_threads(n)
     report = json.loads((tmp_path / "report.json").read_text())
-    print(kind, shape, {k: report[k] for k in ("faces", "watertight", "euler", "components", "psnr_db", "mask_iou")})
+    print(kind, shape, {k: report[k] for k in ("faces", "watertight", "euler", "components", "psnr_db", "psnr_opaque_bound_db", "mask_iou")})
     assert report["watertight"] and report["components"] == 1
     assert report["euler"] == EULER[shape], report
     assert report["faces"] <= 5000
     assert report["mask_iou"] > 0.93, report
     assert report["psnr_db"] > 25.5, report  # measured 28.9 / 29.4 dB (spheres), 26.9 dB (NeRF cube); issue target 28
+    assert math.isfinite(report["psnr_opaque_bound_db"]) and report["psnr_opaque_bound_db"] > 20, report
     assert (tmp_path / "preview.png").stat().st_size > 1000
     if shape == "cube":  # the texture has the renders' colour (the world's red), not a darker mix; the file is valid
         import trimesh

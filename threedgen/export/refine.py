@@ -47,7 +47,7 @@ def black(dirs: torch.Tensor) -> torch.Tensor:
 
 
 def refine_surface(vertices: np.ndarray, faces: np.ndarray, views: ViewSet, steps: int = 100, views_per_step: int = 4,
-                   lr: float = 0.001, w_depth: float = 0.2, depth_trust: float = 0.03, w_normal: float = 0.2, w_laplacian: float = 2.0,
+                   lr: float = 0.0003, w_depth: float = 0.2, depth_trust: float = 0.03, w_normal: float = 0.2, w_laplacian: float = 2.0,
                    seed: int = 0) -> tuple[np.ndarray, dict]:
     """(refined vertices [V,3] float32, info {steps, mask_mse, depth_l1 before/after, seconds}).
 

@@ -6,7 +6,8 @@ Each run is re-exported in its own ``launch.py --export`` process (the export ti
 process's wall time), then the written ``model.glb`` is scored:
 
 - ``watertight``, ``euler``, ``faces``, ``psnr_db`` and ``mask_iou`` from the export's own
-  ``report.json`` (GLB vs the representation's renders);
+  ``report.json`` (GLB vs the representation's renders), and ``psnr_bound_db``: what an opaque copy
+  of the renders themselves scores (``report.opaque_coverage``);
 - ``topology_ok``: watertight with the prompt's Euler characteristic (torus 0, the others 2);
 - ``chamfer``: chamfer-L1 in metres, ½(accuracy + completeness): accuracy is the exact distance
   of 20k GLB surface samples to the analytic surface (|SDF|), completeness the distance of 20k
@@ -120,7 +121,7 @@ def score_run(run: Path, overrides: list[str]) -> dict:
     glb_score, render_score = score(glb_rgb, glb_a, scene), score(rgb, alpha, scene)  # each searches 36 yaws
     return {"recipe": cfg.get("name", ""), "prompt": prompt, "seed": cfg.get("seed", 0), "faces": rep["faces"],
             "watertight": rep["watertight"], "euler": rep["euler"], "topology_ok": bool(rep["watertight"] and rep["euler"] == want),
-            "chamfer": surf["chamfer"], "fscore": surf["fscore"], "psnr_db": rep["psnr_db"], "mask_iou": rep["mask_iou"],
+            "chamfer": surf["chamfer"], "fscore": surf["fscore"], "psnr_db": rep["psnr_db"], "psnr_bound_db": rep["psnr_opaque_bound_db"], "mask_iou": rep["mask_iou"],
             "render_colour_err": render_score["colour_err"], "glb_colour_err": glb_score["colour_err"],
             "glb_iou": glb_score["iou"], "render_iou": render_score["iou"], "export_s": round(export_s, 1)}
 
@@ -151,7 +152,7 @@ def _write(out: Path, rows: list[dict]) -> None:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(ok)
-    num = ["faces", "chamfer", "fscore", "psnr_db", "mask_iou", "render_colour_err", "glb_colour_err", "export_s"]
+    num = ["faces", "chamfer", "fscore", "psnr_db", "psnr_bound_db", "mask_iou", "render_colour_err", "glb_colour_err", "export_s"]
     lines = ["| recipe | runs | watertight + right Euler | " + " | ".join(num) + " |", "|" + "---|" * (len(num) + 3)]
     for recipe in dict.fromkeys(r["recipe"] for r in ok):
         rs = [r for r in ok if r["recipe"] == recipe]
