@@ -1,6 +1,13 @@
 """ToyBench: run recipes on toy prompts and score them against the analytic ground truth.
 
 ``python -m threedgen.toy.bench --recipes configs/toy/sds-nerf.yaml --prompts "a red cube" --seeds 0 1``
+``python -m threedgen.toy.bench --recipes ... --shard 2/4 --out bench-out``  (one of four shards)
+``python -m threedgen.toy.bench --merge --out bench-out``  (tables from every finished run)
+
+Runs are resumable across sessions: the jobs (recipe x prompt x seed, in that order) are dealt to
+shards round robin; each finished job is written at once to ``<out>/rows/<job>.json`` (and its
+orbit strip to ``<job>.png``), and a rerun of any shard skips the jobs already there. A job that
+fails is logged to ``<job>.error.txt`` and the shard goes on; a rerun tries it again.
 
 Each (recipe, prompt, seed) trains in its own ``launch.py`` process (so wall time and peak
 memory are that run's own), then the final scene is rendered over a fixed orbit (8 azimuths at
@@ -14,13 +21,15 @@ elevation 15 deg) and compared with the analytic render of the same cameras:
   disagrees with whether the true marker is visible (0 is right, 1 is the opposite everywhere);
 - ``cls_acc``: fraction of views the toy classifier labels with the prompt's shape and colour;
 - ``wall_s`` and ``peak_rss_mb`` of the training process.
-Writes ``bench.csv``, ``bench.md`` and ``grid.png`` (rows prompts, columns recipes).
+Writes ``bench.csv``, ``bench.md`` and ``grid.png`` (rows prompts, columns recipes) from every
+finished job in ``<out>/rows`` (this shard's and the others').
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -113,45 +122,120 @@ def render_run(run: Path, recipe: Path, overrides: list[str]):
     return torch.cat([o.rgb for o in outs]).cpu(), torch.cat([o.alpha for o in outs]).cpu()
 
 
+def job_key(recipe_name: str, prompt: str, seed: int) -> str:
+    from ..systems.runner import slugify
+
+    return f"{recipe_name}__{slugify(prompt)}__s{seed}"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` (1 <= i <= n) -> ``(i, n)``; ValueError with the expected form otherwise."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes i/n with whole numbers, e.g. 2/4; got {text!r}") from None
+    if not 1 <= i <= n:
+        raise ValueError(f"--shard i/n needs 1 <= i <= n, got {text!r}")
+    return i, n
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--recipes", nargs="+", required=True)
+    ap.add_argument("--recipes", nargs="+", default=[])
     ap.add_argument("--prompts", nargs="+", default=["a red cube", "a blue sphere", "a green cylinder", "a yellow cone", "a purple torus"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--out", default="bench-out")
+    ap.add_argument("--shard", default="1/1", help="i/n: run every n-th job starting at the i-th (1-based)")
+    ap.add_argument("--merge", action="store_true", help="only write the tables from <out>/rows")
     ap.add_argument("--classifier", default=str(REPO / "assets" / "toy-prior" / "classifier"))
     ap.add_argument("overrides", nargs="*", help="key=value overrides applied to every recipe")
     args = ap.parse_args(argv)
-
-    from ..utils.images import make_grid, save_png
-    from .classifier import load_classifier
-
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    scenes = {p: W.parse_prompt(p) for p in args.prompts}  # fails early on words outside the toy world
-    classifier = load_classifier(args.classifier) if Path(args.classifier).is_dir() else None
-    rows, grid = [], {}
-    for recipe in map(Path, args.recipes):
-        for prompt in args.prompts:
-            for seed in args.seeds:
-                run, wall, rss = run_one(recipe, prompt, seed, out / "runs", args.overrides)
-                rgb, alpha = render_run(run, recipe, ["system.prompt=" + prompt, *args.overrides])
-                m = score(rgb, alpha, scenes[prompt], classifier)
-                row = {"recipe": _recipe_name(recipe), "prompt": prompt, "seed": seed, **m,
-                       "wall_s": round(wall, 1), "peak_rss_mb": round(rss)}
-                rows.append(row)
-                print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-                grid.setdefault((prompt, row["recipe"]), list(rgb[::2]))
+    try:
+        shard, n_shards = parse_shard(args.shard)
+        scenes = {p: W.parse_prompt(p) for p in args.prompts}  # fails early on words outside the toy world
+        if not args.merge and not args.recipes:
+            raise ValueError("--recipes is required unless --merge")
+        for r in args.recipes:
+            if not Path(r).is_file():
+                raise ValueError(f"recipe {r} does not exist; pass YAML files such as configs/toy/sds-nerf.yaml")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows_dir = out / "rows"
+    rows_dir.mkdir(parents=True, exist_ok=True)
+    if not args.merge:
+        from .classifier import load_classifier
+
+        classifier = load_classifier(args.classifier) if Path(args.classifier).is_dir() else None
+        jobs = [(Path(r), p, s) for r in args.recipes for p in args.prompts for s in args.seeds]
+        mine = [j for k, j in enumerate(jobs) if k % n_shards == shard - 1]
+        todo = [j for j in mine if not (rows_dir / f"{job_key(_recipe_name(j[0]), j[1], j[2])}.json").is_file()]
+        print(f"shard {shard}/{n_shards}: {len(mine)} jobs, {len(mine) - len(todo)} already done, {len(todo)} to run", flush=True)
+        t0 = time.perf_counter()
+        for k, (recipe, prompt, seed) in enumerate(todo):
+            _run_job(recipe, prompt, seed, scenes[prompt], classifier, out, rows_dir, args.overrides)
+            rate = (time.perf_counter() - t0) / (k + 1)
+            print(f"[{k + 1}/{len(todo)}] {rate / 60:.1f} min/run, ETA {rate * (len(todo) - k - 1) / 60:.0f} min", flush=True)
+    return merge(out)
+
+
+def _run_job(recipe: Path, prompt: str, seed: int, scene, classifier, out: Path, rows_dir: Path, overrides: list[str]) -> None:
+    from ..utils.images import make_grid, save_png
+
+    key = job_key(_recipe_name(recipe), prompt, seed)
+    try:
+        run, wall, rss = run_one(recipe, prompt, seed, out / "runs", overrides)
+        rgb, alpha = render_run(run, recipe, ["system.prompt=" + prompt, *overrides])
+    except Exception as e:  # one failed job must not lose the shard: log it, go on, retry on a rerun
+        (rows_dir / f"{key}.error.txt").write_text(f"{type(e).__name__}: {e}\n")
+        print(f"FAILED {key}: {str(e).splitlines()[0] if str(e) else type(e).__name__}", flush=True)
+        return
+    row = {"recipe": _recipe_name(recipe), "prompt": prompt, "seed": seed, **score(rgb, alpha, scene, classifier),
+           "wall_s": round(wall, 1), "peak_rss_mb": round(rss), "run": str(run)}
+    save_png(rows_dir / f"{key}.png", make_grid([list(rgb[::2])]))
+    tmp = rows_dir / f".{key}.json.tmp"
+    tmp.write_text(json.dumps(row) + "\n")
+    os.replace(tmp, rows_dir / f"{key}.json")  # atomic: a killed shard never leaves half a row
+    (rows_dir / f"{key}.error.txt").unlink(missing_ok=True)
+    print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+
+def merge(out: Path) -> int:
+    """bench.csv, bench.md and grid.png from every finished job under ``<out>/rows``."""
+    import numpy as np
+    from PIL import Image
+
+    from ..utils.images import save_png
+
+    rows = [json.loads(f.read_text()) for f in sorted((out / "rows").glob("*.json"))]
+    if not rows:
+        print(f"no finished runs under {out / 'rows'} yet")
+        return 0
     _write_tables(out, rows)
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
-    save_png(out / "grid.png", make_grid([sum((grid[(p, r)] for r in recipes), []) for p in args.prompts]))
-    print(f"wrote {out / 'bench.csv'}, {out / 'bench.md'}, {out / 'grid.png'}")
+    prompts = list(dict.fromkeys(r["prompt"] for r in rows))
+    strips = []
+    for p in prompts:
+        row_imgs = []
+        for r in recipes:
+            first = next((x for x in rows if x["recipe"] == r and x["prompt"] == p), None)
+            f = out / "rows" / f"{job_key(r, p, first['seed'])}.png" if first else None
+            if f is not None and f.is_file():
+                row_imgs.append(np.asarray(Image.open(f).convert("RGB")))
+        if row_imgs:
+            strips.append(np.concatenate(row_imgs, axis=1))
+    if strips:
+        w = max(s.shape[1] for s in strips)
+        strips = [np.pad(s, ((0, 0), (0, w - s.shape[1]), (0, 0)), constant_values=255) for s in strips]
+        save_png(out / "grid.png", np.concatenate(strips, axis=0))
+    print(f"{len(rows)} runs: wrote {out / 'bench.csv'}, {out / 'bench.md'}, {out / 'grid.png'}")
     return 0
 
 
 def _write_tables(out: Path, rows: list[dict]) -> None:
     with open(out / "bench.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         w.writeheader()
         w.writerows(rows)
     keys = ["iou", "colour_err", "janus", "cls_acc", "wall_s", "peak_rss_mb"]

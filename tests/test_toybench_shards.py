@@ -1,0 +1,46 @@
+"""ToyBench runs in resumable shards: each finished job is recorded as it ends, a rerun skips it,
+``--merge`` builds the tables from every shard's rows, and bad arguments get one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from threedgen.toy.bench import main, parse_shard
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = str(ROOT / "configs" / "toy" / "sds-nerf.yaml")
+TINY = ["trainer.max_steps=2", "trainer.val_every=0", "trainer.test_views=2", "trainer.test_resolution=16",
+        "data.width=16", "data.height=16"]
+
+
+@pytest.mark.slow
+def test_shards_record_skip_and_merge(tmp_path, capsys, toy_prior_present):
+    args = ["--recipes", RECIPE, "--prompts", "a red cube", "a blue sphere", "--seeds", "0", "--out", str(tmp_path), *TINY]
+    assert main([*args, "--shard", "1/2"]) == 0
+    rows = sorted((tmp_path / "rows").glob("*.json"))
+    assert [r.name for r in rows] == ["toy-sds-nerf__a_red_cube__s0.json"]
+    assert main([*args, "--shard", "2/2"]) == 0
+    runs_before = sorted((tmp_path / "runs").rglob("config.yaml"))
+    capsys.readouterr()
+    assert main([*args, "--shard", "1/2"]) == 0  # a rerun: nothing left to do
+    assert "1 already done, 0 to run" in capsys.readouterr().out
+    assert sorted((tmp_path / "runs").rglob("config.yaml")) == runs_before
+    (tmp_path / "bench.md").unlink()
+    assert main(["--merge", "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "bench.md").read_text()
+    assert "a red cube" in md and "a blue sphere" in md and (tmp_path / "grid.png").is_file()
+    row = json.loads((tmp_path / "rows" / "toy-sds-nerf__a_blue_sphere__s0.json").read_text())
+    assert 0.0 <= row["iou"] <= 1.0 and row["seed"] == 0
+
+
+def test_bad_arguments_one_line_exit_2(tmp_path, capsys):
+    with pytest.raises(ValueError, match="1 <= i <= n"):
+        parse_shard("3/2")
+    assert main(["--recipes", RECIPE, "--shard", "two", "--out", str(tmp_path)]) == 2
+    assert "--shard takes i/n" in capsys.readouterr().err
+    assert main(["--recipes", "configs/toy/nope.yaml", "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["--recipes", RECIPE, "--prompts", "a red teapot", "--out", str(tmp_path)]) == 2
