@@ -72,6 +72,9 @@ class CDSGuidance(ScoreGuidance):
         """phi of Consistent3D's std rescale of the guided clean estimate (0: off, the shipped default)."""
         seed: int = 0
         """Seed of the fixed noise eps* (its own generator; independent of the run's seed)."""
+        fixed_noise: bool = True
+        """Consistent3D's one noise for every view and step; false draws a fresh one per step (shared by
+        the step's views and both points), for ablations."""
 
     def __init__(self, cfg: "CDSGuidance.Config", prior=None):
         if not 0.0 <= cfg.recon_std_rescale <= 1.0:
@@ -88,7 +91,8 @@ class CDSGuidance(ScoreGuidance):
         """The two adjacent PF-ODE points and their guided predictions (for the gradient and tests)."""
         B = z.shape[0]
         t, tn = self.sampler.consistency_pair(B, self.t_next, self.cfg.end_gap, self.cfg.perturb)
-        x_t = self.prior.add_noise(z, self.noise_like(z), t)
+        eps = self.noise_like(z) if self.cfg.fixed_noise else torch.randn_like(z[:1]).expand_as(z)
+        x_t = self.prior.add_noise(z, eps, t)
         pred_t = self._predict(x_t, t, prompts, cameras)
         eps_r = self.rescaled_eps(x_t, pred_t)
         x_tn = self.prior.ddim_step(x_t, t, tn, eps_r)
