@@ -114,12 +114,9 @@ class CDSGuidance(ScoreGuidance):
         p = self.ode_pair(z.detach(), prompts, inp.cameras)
         with torch.no_grad():
             eps_t, eps_r, eps_tn = p["pred_t"].eps, p["eps_r"], p["pred_t_next"].eps
-            if eps_r is eps_t:
-                diff = eps_t - eps_tn
-            else:  # Consistent3D's rescaled form
-                ratio = (p["pred_t"].b / p["pred_t"].a) / (p["pred_t_next"].b / p["pred_t_next"].a + 1e-9)
-                diff = ratio * (eps_t - eps_r) + (eps_r - eps_tn)
-            g = self.weight(p["t"], z.dim()) * diff
+            # Consistent3D's form; with recon_std_rescale off eps_r is eps_t and it is eps_t - eps_t'
+            ratio = (p["pred_t"].b / p["pred_t"].a) / (p["pred_t_next"].b / p["pred_t_next"].a + 1e-9)
+            g = self.weight(p["t"], z.dim()) * (ratio * (eps_t - eps_r) + (eps_r - eps_tn))
         loss, stats = surrogate(z, g, self.grad_clip)
         n = (4 if self._use_perp_neg(prompts) else 2) * z.shape[0] * 2
         return {"loss_cds": loss, **stats, **self.stats(p["t"], t_next=p["t_next"], unet_evals=n)}

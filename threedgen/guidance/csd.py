@@ -29,7 +29,7 @@ import torch
 from ..schedule import Schedule
 from .base import GuidanceInput, surrogate
 from .cfg import perpendicular_component
-from .prior_api import Conditioning
+from .prior_api import Conditioning, repeat_cameras
 from .score import ScoreGuidance
 
 
@@ -75,8 +75,7 @@ class CSDGuidance(ScoreGuidance):
             conds.append(prompts.uncond.expand(B))
         conds += negs
         n = len(conds)
-        cams = cameras[torch.arange(B).repeat(n)] if cameras is not None else None
-        pred = self.prior.predict(torch.cat([x_t] * n), t.repeat(n), Conditioning.cat(conds), cams)
+        pred = self.prior.predict(torch.cat([x_t] * n), t.repeat(n), Conditioning.cat(conds), repeat_cameras(cameras, n))
         chunks = pred.eps.split(B)
         eps_c, eps_0 = chunks[0], chunks[1]
         eps_n = chunks[2] if separate_negative else eps_0

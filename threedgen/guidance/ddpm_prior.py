@@ -14,7 +14,7 @@ from typing import Optional, Union
 
 import torch
 
-from .model_folder import ModelFolder, PriorConfig, freeze
+from .model_folder import PriorConfig, freeze
 from .prior_api import Conditioning, NoiseLevels, Prior
 
 log = logging.getLogger(__name__)
@@ -36,69 +36,55 @@ class DDPMPrior(Prior):
     def __init__(self, cfg: PriorConfig, device: Optional[Union[str, torch.device]] = None):
         import diffusers
 
-        self._setup_device(cfg, device)
-        self.folder = ModelFolder(cfg, self.dtype)
-        self.location, self.is_local = self.folder.location, self.folder.is_local
-        f = self.folder
+        f = self._setup(cfg, device)
         self.unet = freeze(f.load(f.component_class("unet", diffusers, "UNet2DConditionModel"), "unet")).to(self._home)
         self.denoiser = self.unet
         if f.has("vae"):
             self.vae = freeze(f.load(f.component_class("vae", diffusers, "AutoencoderKL"), "vae")).to(self._home)
         sched_cls = {"ddim": diffusers.DDIMScheduler, "ddpm": diffusers.DDPMScheduler}[cfg.scheduler]
         self.scheduler = f.load_scheduler(sched_cls)
-        self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
-        self.prediction_type = str(self.scheduler.config.prediction_type)
-        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+        kind = str(self.scheduler.config.prediction_type)
+        if kind not in self.targets:
             raise ValueError(
-                f"{cfg.model}: prediction_type {self.prediction_type!r} in scheduler/scheduler_config.json is not "
+                f"{cfg.model}: prediction_type {kind!r} in scheduler/scheduler_config.json is not "
                 "one a DDPM prior knows (epsilon, v_prediction, sample)"
             )
-        self.parameterisation = self.prediction_type
-        self.levels = NoiseLevels(self.num_train_timesteps, self.device)
-        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device, torch.float32)
-        self._a = self.alphas_cumprod.sqrt()
-        self._b = (1.0 - self.alphas_cumprod).clamp_min(0).sqrt()
+        self.parameterisation = kind
+        self.levels = NoiseLevels(int(self.scheduler.config.num_train_timesteps), self.device)
+        abar = self.scheduler.alphas_cumprod.to(self.device, torch.float32)
+        self._a, self._b = abar.sqrt(), (1.0 - abar).clamp_min(0).sqrt()
         self.latent_channels = int(self.unet.config.in_channels)
         self.latent_resolution = int(self.unet.config.sample_size)
         self.cond_width = int(self.unet.config.cross_attention_dim)
         self._setup_vae()
-        self._tokenizer = None
         log.info(
             "loaded diffusion prior %s (%s, %s, %s, prediction %s, %d train steps, resolution %d)",
             self.model_id, "latent" if self.is_latent else "pixel", self.dtype, self.device,
-            self.prediction_type, self.num_train_timesteps, self.resolution,
+            self.parameterisation, self.levels.n, self.resolution,
         )
-
-    def schedule_table(self) -> torch.Tensor:
-        """``[n, 2]`` of ``(a, b)`` per level, for comparing two priors' schedules."""
-        return torch.stack([self._a, self._b], 1).cpu()
 
     def time_embedding(self, denoiser: torch.nn.Module) -> tuple[torch.nn.Module, int]:
         """The module whose output is the network's timestep embedding, and its width (VSD's camera
         embedding is added there)."""
         return denoiser.time_embedding, int(denoiser.time_embedding.linear_2.out_features)
 
-    def _denoise(self, x_t, level, cond: Conditioning, cameras, **kw) -> torch.Tensor:
+    def _denoise(self, x_t, level, cond: Conditioning, cameras) -> torch.Tensor:
         with self._running(self.denoiser) as unet:
             return unet(
                 x_t.to(self._exec_device, unet.dtype),
                 level.clamp_min(0).to(self._exec_device),
                 encoder_hidden_states=cond.emb.to(self._exec_device, unet.dtype),
-                **kw,
             ).sample
 
     # ---- text -------------------------------------------------------------------------------
 
     @property
     def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = self.folder.load_tokenizer("tokenizer")
-        return self._tokenizer
+        return self._tokenizer("tokenizer")
 
     @property
     def max_text_length(self) -> int:
-        n = int(getattr(self.tokenizer, "model_max_length", 77) or 77)
-        return 77 if n > 100_000 else n  # "unlimited" sentinel in some tokenizer configs
+        return self._max_length(self.tokenizer, 77)
 
     def _embed(self, prompts: list[str]) -> Conditioning:
         batch = self._tokenize(self.tokenizer, prompts, self.max_text_length)

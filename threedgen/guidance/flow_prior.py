@@ -25,7 +25,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-from .model_folder import ModelFolder, PriorConfig, freeze
+from .model_folder import PriorConfig, freeze
 from .prior_api import Conditioning, NoiseLevels, Prior
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,7 @@ class FlowPrior(Prior):
     def __init__(self, cfg: PriorConfig, device: Optional[Union[str, torch.device]] = None):
         import diffusers
 
-        self._setup_device(cfg, device)
-        self.folder = ModelFolder(cfg, self.dtype)
-        self.location, self.is_local = self.folder.location, self.folder.is_local
-        f = self.folder
+        f = self._setup(cfg, device)
         cls = f.component_class("transformer", diffusers, "SD3Transformer2DModel")
         self.transformer = freeze(f.load(cls, "transformer")).to(self._home)
         self.denoiser = self.transformer
@@ -68,33 +65,27 @@ class FlowPrior(Prior):
                 f"{cfg.model}: the scheduler uses resolution-dependent (dynamic) shifting, which a score-"
                 "distillation prior cannot fix per step; use a model with a static shift (SD3, SD3.5)"
             )
-        self.num_train_timesteps = int(sc.num_train_timesteps)
         self.shift = float(sc.shift)
-        self.prediction_type = "flow"
-        self.levels = NoiseLevels(self.num_train_timesteps, self.device)
-        sig = shifted_sigmas(self.num_train_timesteps, self.shift).to(self.device)
+        self.levels = NoiseLevels(int(sc.num_train_timesteps), self.device)
+        sig = shifted_sigmas(self.levels.n, self.shift).to(self.device)
         self._a, self._b = 1.0 - sig, sig
         c = self.transformer.config
         self.latent_channels = int(c.in_channels)
         self.latent_resolution = int(c.sample_size)
         self.cond_width = int(c.joint_attention_dim)
         self._setup_vae()
-        self._tokenizers = {}
         log.info("loaded flow prior %s (%s, %s, %s, shift %.2f, %d train levels, resolution %d)", self.model_id,
                  "latent" if self.is_latent else "pixel", self.dtype, self.device, self.shift,
-                 self.num_train_timesteps, self.resolution)
-
-    def schedule_table(self) -> torch.Tensor:
-        return torch.stack([self._a, self._b], 1).cpu()
+                 self.levels.n, self.resolution)
 
     def time_embedding(self, denoiser: torch.nn.Module) -> tuple[torch.nn.Module, int]:
         c = denoiser.config
         return denoiser.time_text_embed, int(c.num_attention_heads * c.attention_head_dim)
 
-    def _denoise(self, x_t, level, cond: Conditioning, cameras, **kw) -> torch.Tensor:
+    def _denoise(self, x_t, level, cond: Conditioning, cameras) -> torch.Tensor:
         if cond.pooled is None:
             raise ValueError("a flow (SD3-class) prior needs a pooled text embedding in the conditioning")
-        timestep = self._b[level.clamp_min(0)] * self.num_train_timesteps
+        timestep = self._b[level.clamp_min(0)] * self.levels.n
         with self._running(self.denoiser) as net:
             dt = net.dtype
             return net(
@@ -102,20 +93,13 @@ class FlowPrior(Prior):
                 encoder_hidden_states=cond.emb.to(self._exec_device, dt),
                 pooled_projections=cond.pooled.to(self._exec_device, dt),
                 timestep=timestep.to(self._exec_device),
-                **kw,
             ).sample
 
     # ---- text -------------------------------------------------------------------------------
 
-    def _tokenizer(self, sub: str):
-        if sub not in self._tokenizers:
-            self._tokenizers[sub] = self.folder.load_tokenizer(sub)
-        return self._tokenizers[sub]
-
     @property
     def max_text_length(self) -> int:
-        n = int(getattr(self._tokenizer("tokenizer"), "model_max_length", 77) or 77)
-        return 77 if n > 100_000 else n
+        return self._max_length(self._tokenizer("tokenizer"), 77)
 
     def _embed(self, prompts: list[str]) -> Conditioning:
         embs, pooled = [], []
@@ -130,8 +114,7 @@ class FlowPrior(Prior):
         width = self.cond_width
         if self.folder.has(T5_SUBFOLDERS[1]):
             tok = self._tokenizer(T5_SUBFOLDERS[0])
-            n = int(getattr(tok, "model_max_length", 256) or 256)
-            ids = self._tokenize(tok, prompts, 256 if n > 100_000 else n)["input_ids"].to(self.device)
+            ids = self._tokenize(tok, prompts, self._max_length(tok, 256))["input_ids"].to(self.device)
             t5 = self._text_encoder(T5_SUBFOLDERS[1])(ids)[0]
         else:
             t5 = clip.new_zeros(len(prompts), self.max_text_length, width)

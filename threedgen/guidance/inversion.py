@@ -44,13 +44,6 @@ class Inversion:
     """Every visited state, ``x`` at ``levels[0]`` first (with ``keep_trajectory``)."""
 
 
-def _predict(prior, x, t, cond, uncond, guidance_scale) -> tuple[Prediction, int]:
-    t = t.clamp_min(0)  # from clean: evaluated at the least noisy level
-    if uncond is None or (not torch.is_tensor(guidance_scale) and float(guidance_scale) == 1.0):
-        return prior.predict(x, t, cond), x.shape[0]
-    return prior.predict_guided(x, t, cond, uncond, guidance_scale), 2 * x.shape[0]
-
-
 def _step(prior, x, cur, nxt, eps, eta: float, generator) -> torch.Tensor:
     if eta <= 0:
         return prior.ddim_step(x, cur, nxt, eps)
@@ -84,8 +77,9 @@ def invert_along(
     pred, n_evals = None, 0
     traj = [x] if keep_trajectory else None
     for cur, nxt in zip(levels[:-1], levels[1:]):
-        pred, n = _predict(prior, x, cur, cond, uncond, guidance_scale)
-        n_evals += n
+        # from the clean level the network is evaluated at the least noisy one
+        pred, branches = prior.predict_maybe_guided(x, cur.clamp_min(0), cond, uncond, guidance_scale)
+        n_evals += branches * x.shape[0]
         x = _step(prior, x, cur, nxt, pred.eps, eta, generator)
         if traj is not None:
             traj.append(x)

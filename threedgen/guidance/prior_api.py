@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from .cfg import ScaleLike, cfg_combine, perp_neg_combine
 from .conditioning import Conditioning, as_conditioning
 from .levels import CLEAN, NoiseLevels
-from .model_folder import PriorConfig, PromptTruncatedWarning, resolve_device, resolve_dtype
+from .model_folder import ModelFolder, PriorConfig, PromptTruncatedWarning, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +115,20 @@ class Prior:
     denoiser: torch.nn.Module
     _text_subfolders: tuple[str, ...] = ("text_encoder", "tokenizer")
 
-    def _setup_device(self, cfg: PriorConfig, device) -> None:
+    def _setup(self, cfg: PriorConfig, device) -> ModelFolder:
+        """Device, dtype, the model folder and the text-component caches; returns the folder."""
         self.cfg = cfg
         self.device = resolve_device(cfg.device) if device is None else torch.device(device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         self._exec_device = self.device
         self._home = torch.device("cpu") if cfg.cpu_offload else self.device
         self._text = {}
+        self._tokenizers = {}
         self.text_encoder_loads = 0
         """How many times a text encoder was loaded (tests use it to prove a cache hit)."""
+        self.folder = ModelFolder(cfg, self.dtype)
+        self.location, self.is_local = self.folder.location, self.folder.is_local
+        return self.folder
 
     def _setup_vae(self) -> None:
         if self.vae is not None:
@@ -147,6 +152,20 @@ class Prior:
         shape = (-1,) + (1,) * (ndim - 1)
         return a.view(shape), b.view(shape)
 
+    def schedule_table(self) -> torch.Tensor:
+        """``[n, 2]`` of ``(a, b)`` per level, for comparing two priors' schedules."""
+        return torch.stack([self._a, self._b], 1).cpu()
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """The scheduler's name for the number of noisy levels."""
+        return self.levels.n
+
+    @property
+    def prediction_type(self) -> str:
+        """The scheduler's name for ``parameterisation`` (``flow`` for a flow prior)."""
+        return self.parameterisation
+
     def add_noise(self, z: torch.Tensor, eps: torch.Tensor, level) -> torch.Tensor:
         """``x_t = a_t z + b_t eps``."""
         a, b = self.alpha_sigma(self.levels(level, z.shape[0]), z.dim())
@@ -164,10 +183,10 @@ class Prior:
 
     # ---- the denoiser ---------------------------------------------------------------------------
 
-    def _denoise(self, x_t: torch.Tensor, level: torch.Tensor, cond: Conditioning, cameras, **kw) -> torch.Tensor:
+    def _denoise(self, x_t: torch.Tensor, level: torch.Tensor, cond: Conditioning, cameras) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover - interface
 
-    def predict(self, x_t: torch.Tensor, level, cond, cameras=None, **model_kwargs) -> Prediction:
+    def predict(self, x_t: torch.Tensor, level, cond, cameras=None) -> Prediction:
         """One network call on ``x_t [N,C,h,w]`` at ``level [N]`` with ``cond`` (a ``Conditioning`` or a
         bare ``[N or 1,L,D]`` embedding), converted to ``(x0_hat, eps_hat)``. ``cameras`` (a
         ``CameraBatch`` of ``N``) reaches the prior. Not wrapped in ``no_grad``: SDS wraps it, LoRA
@@ -175,7 +194,7 @@ class Prior:
         N = x_t.shape[0]
         t = self.levels(level, N)
         cond = as_conditioning(cond).expand(N)
-        out = self._denoise(x_t, t, cond, cameras, **model_kwargs)
+        out = self._denoise(x_t, t, cond, cameras)
         a, b = self.alpha_sigma(t, x_t.dim())
         return to_prediction(out[:, : x_t.shape[1]].to(x_t.device).float(), x_t.float(), a, b, self.parameterisation)
 
@@ -187,7 +206,7 @@ class Prior:
         B = x_t.shape[0]
         t = self.levels(level, B)
         cond, uncond = as_conditioning(cond).expand(B), as_conditioning(uncond).expand(B)
-        pred = self.predict(torch.cat([x_t, x_t]), torch.cat([t, t]), Conditioning.cat([cond, uncond]), _repeat(cameras, 2))
+        pred = self.predict(torch.cat([x_t, x_t]), torch.cat([t, t]), Conditioning.cat([cond, uncond]), repeat_cameras(cameras, 2))
         eps_c, eps_u = pred.eps[:B], pred.eps[B:]
         x0 = cfg_combine(pred.x0[:B], pred.x0[B:], guidance_scale)  # affine in eps: no division by a
         return Prediction(cfg_combine(eps_c, eps_u, guidance_scale), x0, pred.a[:B], pred.b[:B], eps_c, eps_u)
@@ -199,11 +218,19 @@ class Prior:
         B, K = x_t.shape[0], len(negs)
         t = self.levels(level, B)
         conds = Conditioning.cat([as_conditioning(c).expand(B) for c in [pos, uncond, *negs]])
-        pred = self.predict(torch.cat([x_t] * (2 + K)), t.repeat(2 + K), conds, _repeat(cameras, 2 + K))
+        pred = self.predict(torch.cat([x_t] * (2 + K)), t.repeat(2 + K), conds, repeat_cameras(cameras, 2 + K))
         e, x = pred.eps.split(B), pred.x0.split(B)
         eps = perp_neg_combine(e[0], e[1], list(e[2:]), neg_weights, guidance_scale)
         x0 = perp_neg_combine(x[0], x[1], list(x[2:]), neg_weights, guidance_scale)  # perp is homogeneous
         return Prediction(eps, x0, pred.a[:B], pred.b[:B], e[0], e[1])
+
+    def predict_maybe_guided(self, x_t: torch.Tensor, level, cond, uncond=None, guidance_scale: ScaleLike = 1.0,
+                             cameras=None) -> tuple[Prediction, int]:
+        """CFG when there is an ``uncond`` and a scale other than 1, else the plain conditional
+        prediction; returns it with the branches evaluated per sample (1 or 2)."""
+        if uncond is None or (not torch.is_tensor(guidance_scale) and float(guidance_scale) == 1.0):
+            return self.predict(x_t, level, cond, cameras), 1
+        return self.predict_guided(x_t, level, cond, uncond, guidance_scale, cameras), 2
 
     @torch.no_grad()
     def sample(self, cond, uncond=None, guidance_scale: ScaleLike = 1.0, n_steps: int = 50,
@@ -217,10 +244,7 @@ class Prior:
         x = x_T if x_T is not None else torch.randn(shape, generator=generator).to(self.device)
         ts = torch.linspace(self.levels.n - 1, 0, int(n_steps)).round().long().tolist() + [CLEAN]
         for cur, nxt in zip(ts[:-1], ts[1:]):
-            if uncond is None or (not torch.is_tensor(guidance_scale) and float(guidance_scale) == 1.0):
-                pred = self.predict(x, cur, cond)
-            else:
-                pred = self.predict_guided(x, cur, cond, uncond, guidance_scale)
+            pred, _ = self.predict_maybe_guided(x, cur, cond, uncond, guidance_scale)
             x = self.ddim_step(x, cur, nxt, pred.eps, x0=pred.x0)
         return self.decode(x)
 
@@ -267,6 +291,17 @@ class Prior:
 
     def _embed(self, prompts: list[str]) -> Conditioning:
         raise NotImplementedError  # pragma: no cover - interface
+
+    def _tokenizer(self, subfolder: str):
+        if subfolder not in self._tokenizers:
+            self._tokenizers[subfolder] = self.folder.load_tokenizer(subfolder)
+        return self._tokenizers[subfolder]
+
+    @staticmethod
+    def _max_length(tok, default: int) -> int:
+        """The tokenizer's length limit, ``default`` where it declares none (or the "unlimited" sentinel)."""
+        n = int(getattr(tok, "model_max_length", default) or default)
+        return default if n > 100_000 else n
 
     def _text_encoder(self, subfolder: str):
         if subfolder not in self._text:
@@ -325,11 +360,11 @@ class Prior:
         return f"{type(self).__name__}({self.model_id!r}, {kind}, {self.parameterisation}, {self.dtype}, {self.device})"
 
 
-def _repeat(cameras, n: int):
-    """``cameras`` repeated ``n`` times along the batch (for a CFG batch), or None."""
+def repeat_cameras(cameras, n: int):
+    """``cameras`` repeated ``n`` times along the batch (the branches of one batched call), or None."""
     if cameras is None or n == 1:
         return cameras
     return cameras[torch.arange(len(cameras)).repeat(n)]
 
 
-__all__ = ["CLEAN", "Conditioning", "NoiseLevels", "Prediction", "Prior", "as_conditioning", "parameterise", "to_prediction"]
+__all__ = ["CLEAN", "Conditioning", "NoiseLevels", "Prediction", "Prior", "as_conditioning", "parameterise", "repeat_cameras", "to_prediction"]

@@ -41,7 +41,7 @@ from .lora import DEFAULT_TARGETS, CameraLoRA, camera_condition
 from .model_folder import PriorConfig
 from .prior_api import parameterise
 from .priors import check_lora_base, get_prior, lora_target
-from .sds import SDSGuidance, sds_weight
+from .sds import SDSGuidance
 from .timesteps import TimestepSampler
 
 
@@ -164,8 +164,7 @@ class VSDGuidance(SDSGuidance):
             x_t = self.prior.add_noise(z.detach(), eps, t)
             pred = self._predict(x_t, t, prompts, inp.cameras)
             eps_phi = self.lora_eps(x_t, t, prompts.cond, camera)
-            a, b = self.prior.alpha_sigma(t, z.dim())
-            g = sds_weight(self.cfg.weighting, a, b) * (pred.eps - eps_phi)
+            g = self.weight(t, z.dim()) * (pred.eps - eps_phi)
         loss, stats = surrogate(z, g, self.grad_clip)
         if step % self.cfg.lora_every == 0:
             loss_lora = self.lora_loss(z, prompts.cond, camera)
