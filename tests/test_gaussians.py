@@ -449,3 +449,20 @@ def test_every_particle_densifies_with_its_own_renamed_optimizer_groups():
         for name, p in rep.params.items():
             assert groups[name + suffix] is p  # the optimizer now holds the resized tensor
             assert opt.state[p]["exp_avg"].shape == p.shape
+
+
+def test_convert_from_nerf_starts_at_init_opacity_under_the_3d_filter():
+    """Converted points render (after the min_scale filter) at init_opacity and at least the filter's size."""
+    from threedgen.representations.nerf import NeRF
+
+    torch.manual_seed(0)
+    nerf = NeRF(from_dict(NeRF.Config, {"grid": {"n_levels": 4, "log2_hashmap_size": 12, "base_resolution": 8,
+                                                 "max_resolution": 32}, "mlp_width": 16, "normals": "none",
+                                        "density_blob_std": 0.5}))
+    for min_scale in (0.0, 0.025):
+        rep = gaussians(num_points=200, convert_resolution=48, init_opacity=0.3, min_scale=min_scale)
+        rep.convert_from(nerf)
+        act = rep.activated()
+        assert torch.allclose(act["opacities"], torch.full((200,), 0.3), atol=1e-4)
+        cell = 2.0 * nerf.radius / 47
+        assert float(act["scales"].min()) >= max(0.5 * cell, min_scale) - 1e-6

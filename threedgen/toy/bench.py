@@ -21,8 +21,9 @@ elevation 15 deg) and compared with the analytic render of the same cameras:
   disagrees with whether the true marker is visible (0 is right, 1 is the opposite everywhere);
 - ``cls_acc``: fraction of views the toy classifier labels with the prompt's shape and colour;
 - ``wall_s`` and ``peak_rss_mb`` of the training process.
-Writes ``bench.csv``, ``bench.md`` and ``grid.png`` (rows prompts, columns recipes) from every
-finished job in ``<out>/rows`` (this shard's and the others').
+Writes ``bench.csv``, ``bench.md``, ``claims.md`` (the papers' claims tested on the table,
+``claims.py``) and ``grid.png`` (rows prompts, columns recipes) from every finished job in
+``<out>/rows`` (this shard's and the others').
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import torch
 
 from ..data.cameras import make_cameras
 from . import world as W
+from .claims import write_claims
 from .render import render_scene
 
 REPO = Path(__file__).resolve().parents[2]
@@ -213,6 +215,7 @@ def merge(out: Path) -> int:
         print(f"no finished runs under {out / 'rows'} yet")
         return 0
     _write_tables(out, rows)
+    write_claims(out, rows)
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
     prompts = list(dict.fromkeys(r["prompt"] for r in rows))
     strips = []
@@ -229,7 +232,7 @@ def merge(out: Path) -> int:
         w = max(s.shape[1] for s in strips)
         strips = [np.pad(s, ((0, 0), (0, w - s.shape[1]), (0, 0)), constant_values=255) for s in strips]
         save_png(out / "grid.png", np.concatenate(strips, axis=0))
-    print(f"{len(rows)} runs: wrote {out / 'bench.csv'}, {out / 'bench.md'}, {out / 'grid.png'}")
+    print(f"{len(rows)} runs: wrote {out / 'bench.csv'}, {out / 'bench.md'}, {out / 'claims.md'}, {out / 'grid.png'}")
     return 0
 
 
