@@ -43,3 +43,27 @@ def test_classifier_names_fresh_renders():
         assert acc >= floor, f"{k}: {acc:.3f}"
     assert pred["shape_prob"].shape == (140, len(HEADS["shape"]))
     assert torch.equal(pred["shape"], pred["shape_prob"].argmax(-1))
+
+
+@needs_prior
+def test_fine_tuning_starts_from_the_shipped_weights_and_shape_weights_are_checked(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from diffusers import UNet2DConditionModel
+
+    from threedgen.toy.tokenizer import build_text_encoder, build_tokenizer
+    from threedgen.toy.train_prior import _load_weights, build_unet, image_weights
+
+    unet, te = build_unet(seed=5), build_text_encoder(build_tokenizer(), seed=5)
+    shipped = UNet2DConditionModel.from_pretrained(PRIOR / "unet").state_dict()
+    assert not torch.equal(unet.state_dict()["conv_in.weight"], shipped["conv_in.weight"])
+    _load_weights(PRIOR, unet, te)
+    assert all(torch.equal(v, shipped[k]) for k, v in unet.state_dict().items())
+    with pytest.raises(SystemExit, match="not a prior folder"):
+        _load_weights(PRIOR / "unet", unet, te)
+
+    shapes = torch.tensor([0, 1, 0, 4])  # world.SHAPES order: cube, sphere, cylinder, cone, torus
+    assert image_weights(shapes, []) is None
+    assert image_weights(shapes, ["cube=2", "torus=0.5"]).tolist() == [2.0, 1.0, 2.0, 0.5]
+    for bad in ("cubes=2", "cube=0", "cube", "cube=x"):
+        with pytest.raises(SystemExit, match="SHAPE=W"):
+            image_weights(shapes, [bad])

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import world as W
+
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000,
     beta_start=0.00085,
@@ -130,6 +132,35 @@ def loss_weights(t: torch.Tensor, alphas_cumprod: torch.Tensor, marker: torch.Te
     return w_t.view(-1, 1, 1, 1) * boost
 
 
+def _load_weights(folder: Path, unet, text_encoder) -> None:
+    """Copy a saved prior's (EMA) weights into the fresh modules; the architectures must match."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    if not (folder / "unet").is_dir() or not (folder / "text_encoder").is_dir():
+        raise SystemExit(f"--init-from {folder}: not a prior folder (needs unet/ and text_encoder/)")
+    unet.load_state_dict(UNet2DConditionModel.from_pretrained(folder / "unet").state_dict())
+    text_encoder.load_state_dict(CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict())
+    print(f"initialised from {folder}", flush=True)
+
+
+def image_weights(shapes: torch.Tensor, specs: list[str]) -> torch.Tensor | None:
+    """Per-image draw weights from ``SHAPE=W`` strings (None: uniform); a bad spec exits with one line."""
+    if not specs:
+        return None
+    w = torch.ones(shapes.shape[0])
+    for spec in specs:
+        name, _, val = spec.partition("=")
+        try:
+            factor = float(val)
+        except ValueError:
+            factor = -1.0
+        if name not in W.SHAPES or not factor > 0:
+            raise SystemExit(f"--shape-weight {spec!r}: expected SHAPE=W with SHAPE in {', '.join(W.SHAPES)} and W > 0")
+        w[shapes == W.SHAPES.index(name)] = factor
+    return w
+
+
 def lr_at(step: int, base: float, total: int, warmup: int = 100, floor: float = 0.1) -> float:
     """Linear warm-up, then cosine decay to ``floor * base`` at ``total`` steps."""
     if step < warmup:
@@ -157,6 +188,10 @@ def main(argv=None) -> None:
     ap.add_argument("--ckpt", default=None, help="training checkpoint (default <cache-dir>/train_prior/<out>/checkpoint.pt, "
                     "kept out of the shipped folder)")
     ap.add_argument("--threads", type=int, default=1, help="1 beats 2 on a shared 2-core machine (no thread barriers)")
+    ap.add_argument("--init-from", default=None,
+                    help="start from the weights of a saved prior folder (fine-tuning a shipped prior longer)")
+    ap.add_argument("--shape-weight", action="append", default=[], metavar="SHAPE=W",
+                    help="draw this shape's images W times as often (e.g. cube=2 for the hardest shape)")
     ap.add_argument("--no-interim-export", action="store_true",
                     help="export the folder only at the end (not at each checkpoint), e.g. while others use it")
     args = ap.parse_args(argv)
@@ -182,6 +217,9 @@ def main(argv=None) -> None:
     unet = build_unet(seed=args.seed)
     sched = build_scheduler()
     alphas_cumprod = sched.alphas_cumprod.float()
+    if args.init_from:
+        _load_weights(Path(args.init_from), unet, text_encoder)
+    draw_weights = image_weights(ds["shape"], args.shape_weight)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     ema = [p.detach().clone() for p in params]
@@ -251,7 +289,10 @@ def main(argv=None) -> None:
             print(f"\nstopping at step {step}: reached --max-minutes {args.max_minutes}", flush=True)
             break
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        idx = torch.randint(0, images.shape[0], (args.batch_size,), generator=g)
+        if draw_weights is None:
+            idx = torch.randint(0, images.shape[0], (args.batch_size,), generator=g)
+        else:
+            idx = torch.multinomial(draw_weights, args.batch_size, replacement=True, generator=g)
         x0 = images[idx]
         cap = sample_captions(ds, idx, generator=g)
         noise = torch.randn(x0.shape, generator=g)
