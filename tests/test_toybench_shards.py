@@ -34,6 +34,37 @@ def test_shards_record_skip_and_merge(tmp_path, capsys, toy_prior_present):
     assert "a red cube" in md and "a blue sphere" in md and (tmp_path / "grid.png").is_file()
     row = json.loads((tmp_path / "rows" / "toy-sds-nerf__a_blue_sphere__s0.json").read_text())
     assert 0.0 <= row["iou"] <= 1.0 and row["seed"] == 0
+    assert row["recipe_file"] == "configs/toy/sds-nerf.yaml" and row["overrides"] == TINY
+
+    # a row made by other weights is stale: merge leaves it out and its shard runs it again
+    stale = tmp_path / "rows" / "toy-sds-nerf__a_red_cube__s0.json"
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "weights_sha": "0" * 12}))
+    capsys.readouterr()
+    assert main(["--merge", "--out", str(tmp_path)]) == 0
+    assert "left out 1 stale rows" in capsys.readouterr().out
+    assert "a red cube" not in (tmp_path / "bench.md").read_text().split("\n\n")[0]
+    assert main([*args, "--shard", "1/2"]) == 0
+    assert "0 already done, 1 to run" in capsys.readouterr().out
+    assert json.loads(stale.read_text())["weights_sha"] != "0" * 12
+
+
+def test_fingerprint_follows_the_recipe_and_weights_not_the_prompt_or_seed(tmp_path):
+    from threedgen.toy.provenance import fingerprint
+
+    base = fingerprint(Path(RECIPE), TINY, None, ROOT)
+    assert fingerprint(Path(RECIPE), [*TINY, "system.prompt=a blue sphere", "seed=3"], None, ROOT) == base
+    changed = fingerprint(Path(RECIPE), [*TINY, "system.guidance.0.guidance_scale=5"], None, ROOT)
+    assert changed["config_sha"] != base["config_sha"] and changed["weights_sha"] == base["weights_sha"]
+    fake = tmp_path / "prior"
+    (fake / "unet").mkdir(parents=True)
+    (fake / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"one")
+    a = fingerprint(Path(RECIPE), [*TINY, f"system.guidance.0.prior.model={fake}"], None, ROOT)
+    (fake / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"two")
+    from threedgen.toy import provenance
+
+    provenance._folder_sha.cache_clear()
+    b = fingerprint(Path(RECIPE), [*TINY, f"system.guidance.0.prior.model={fake}"], None, ROOT)
+    assert a["weights_sha"] != b["weights_sha"] and a["config_sha"] == b["config_sha"]
 
 
 def test_bad_arguments_one_line_exit_2(tmp_path, capsys):

@@ -7,7 +7,9 @@
 Runs are resumable across sessions: the jobs (recipe x prompt x seed, in that order) are dealt to
 shards round robin; each finished job is written at once to ``<out>/rows/<job>.json`` (and its
 orbit strip to ``<job>.png``), and a rerun of any shard skips the jobs already there. A job that
-fails is logged to ``<job>.error.txt`` and the shard goes on; a rerun tries it again.
+fails is logged to ``<job>.error.txt`` and the shard goes on; a rerun tries it again. Each row
+records the hashes of the recipe and weights that made it (``provenance.py``): after a recipe or the
+toy prior changes, its old rows are stale, shards rerun them and ``--merge`` leaves them out.
 
 Each (recipe, prompt, seed) trains in its own ``launch.py`` process (so wall time and peak
 memory are that run's own), then the final scene is rendered over a fixed orbit (8 azimuths at
@@ -42,6 +44,7 @@ import torch
 from ..data.cameras import make_cameras
 from . import world as W
 from .claims import write_claims
+from .provenance import fingerprint, is_current
 from .render import render_scene
 
 REPO = Path(__file__).resolve().parents[2]
@@ -169,20 +172,34 @@ def main(argv=None) -> int:
     if not args.merge:
         from .classifier import load_classifier
 
-        classifier = load_classifier(args.classifier) if Path(args.classifier).is_dir() else None
+        classifier_dir = Path(args.classifier) if Path(args.classifier).is_dir() else None
+        classifier = load_classifier(classifier_dir) if classifier_dir else None
         jobs = [(Path(r), p, s) for r in args.recipes for p in args.prompts for s in args.seeds]
         mine = [j for k, j in enumerate(jobs) if k % n_shards == shard - 1]
-        todo = [j for j in mine if not (rows_dir / f"{job_key(_recipe_name(j[0]), j[1], j[2])}.json").is_file()]
+        made_by = {r: fingerprint(r, args.overrides, classifier_dir, REPO) for r in {j[0] for j in mine}}
+        todo = [j for j in mine if not _done(rows_dir / f"{job_key(_recipe_name(j[0]), j[1], j[2])}.json", made_by[j[0]])]
         print(f"shard {shard}/{n_shards}: {len(mine)} jobs, {len(mine) - len(todo)} already done, {len(todo)} to run", flush=True)
         t0 = time.perf_counter()
         for k, (recipe, prompt, seed) in enumerate(todo):
-            _run_job(recipe, prompt, seed, scenes[prompt], classifier, out, rows_dir, args.overrides)
+            provenance = {"recipe_file": _rel(recipe), "overrides": list(args.overrides), **made_by[recipe]}
+            _run_job(recipe, prompt, seed, scenes[prompt], classifier, out, rows_dir, args.overrides, provenance)
             rate = (time.perf_counter() - t0) / (k + 1)
             print(f"[{k + 1}/{len(todo)}] {rate / 60:.1f} min/run, ETA {rate * (len(todo) - k - 1) / 60:.0f} min", flush=True)
-    return merge(out)
+    return merge(out, Path(args.classifier) if Path(args.classifier).is_dir() else None)
 
 
-def _run_job(recipe: Path, prompt: str, seed: int, scene, classifier, out: Path, rows_dir: Path, overrides: list[str]) -> None:
+def _rel(path: Path) -> str:
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
+
+
+def _done(row_file: Path, current: dict) -> bool:
+    """A job is done when its row exists and was made by today's recipe and weights (else it reruns)."""
+    return row_file.is_file() and is_current(json.loads(row_file.read_text()), current)
+
+
+def _run_job(recipe: Path, prompt: str, seed: int, scene, classifier, out: Path, rows_dir: Path, overrides: list[str],
+             provenance: dict) -> None:
     from ..utils.images import make_grid, save_png
 
     key = job_key(_recipe_name(recipe), prompt, seed)
@@ -194,7 +211,7 @@ def _run_job(recipe: Path, prompt: str, seed: int, scene, classifier, out: Path,
         print(f"FAILED {key}: {str(e).splitlines()[0] if str(e) else type(e).__name__}", flush=True)
         return
     row = {"recipe": _recipe_name(recipe), "prompt": prompt, "seed": seed, **score(rgb, alpha, scene, classifier),
-           "wall_s": round(wall, 1), "peak_rss_mb": round(rss), "run": str(run)}
+           "wall_s": round(wall, 1), "peak_rss_mb": round(rss), "run": str(run), **provenance}
     save_png(rows_dir / f"{key}.png", make_grid([list(rgb[::2])]))
     tmp = rows_dir / f".{key}.json.tmp"
     tmp.write_text(json.dumps(row) + "\n")
@@ -203,18 +220,35 @@ def _run_job(recipe: Path, prompt: str, seed: int, scene, classifier, out: Path,
     print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
 
-def merge(out: Path) -> int:
-    """bench.csv, bench.md and grid.png from every finished job under ``<out>/rows``."""
+def current_rows(rows: list[dict], classifier: Path | None) -> tuple[list[dict], list[dict]]:
+    """Split rows into (made by today's recipe files and weights, stale or of unknown origin)."""
+    now: dict = {}
+    keep, stale = [], []
+    for r in rows:
+        recipe = REPO / r["recipe_file"] if "recipe_file" in r and not Path(r["recipe_file"]).is_absolute() else Path(r.get("recipe_file", ""))
+        key = (str(recipe), tuple(r.get("overrides", ())))
+        if key not in now:
+            now[key] = fingerprint(recipe, list(key[1]), classifier, REPO) if recipe.is_file() else None
+        (keep if now[key] is not None and is_current(r, now[key]) else stale).append(r)
+    return keep, stale
+
+
+def merge(out: Path, classifier: Path | None = REPO / "assets" / "toy-prior" / "classifier") -> int:
+    """bench.csv, bench.md and grid.png from every finished job under ``<out>/rows`` made by today's recipes."""
     import numpy as np
     from PIL import Image
 
     from ..utils.images import save_png
 
-    rows = [json.loads(f.read_text()) for f in sorted((out / "rows").glob("*.json"))]
+    rows, stale = current_rows([json.loads(f.read_text()) for f in sorted((out / "rows").glob("*.json"))], classifier)
+    if stale:
+        names = ", ".join(sorted({r["recipe"] for r in stale}))
+        print(f"left out {len(stale)} stale rows (their recipe or weights changed since, or no record): {names}; "
+              "rerun their shards to replace them", flush=True)
     if not rows:
-        print(f"no finished runs under {out / 'rows'} yet")
+        print(f"no current finished runs under {out / 'rows'} yet")
         return 0
-    _write_tables(out, rows)
+    _write_tables(out, rows, len(stale))
     write_claims(out, rows)
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
     prompts = list(dict.fromkeys(r["prompt"] for r in rows))
@@ -236,7 +270,7 @@ def merge(out: Path) -> int:
     return 0
 
 
-def _write_tables(out: Path, rows: list[dict]) -> None:
+def _write_tables(out: Path, rows: list[dict], n_stale: int = 0) -> None:
     with open(out / "bench.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         w.writeheader()
@@ -253,6 +287,8 @@ def _write_tables(out: Path, rows: list[dict]) -> None:
         rs = [r for r in rows if r["recipe"] == recipe]
         means = [sum(float(r[k]) for r in rs) / len(rs) for k in keys]
         lines.append(f"| **{recipe}** | all | {len(rs)} | " + " | ".join(f"{v:.3f}" for v in means) + " |")
+    if n_stale:
+        lines.append(f"\n{n_stale} stale rows left out (made by an earlier recipe or prior).")
     (out / "bench.md").write_text("\n".join(lines) + "\n")
 
 
