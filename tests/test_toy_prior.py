@@ -67,3 +67,24 @@ def test_fine_tuning_starts_from_the_shipped_weights_and_shape_weights_are_check
     for bad in ("cubes=2", "cube=0", "cube", "cube=x"):
         with pytest.raises(SystemExit, match="SHAPE=W"):
             image_weights(shapes, [bad])
+
+
+def test_outline_iou_scores_true_silhouettes_high_and_wrong_ones_low():
+    from threedgen.data.cameras import RandomCameraSampler
+    from threedgen.toy import world as W
+    from threedgen.toy.evaluate_prior import outline_iou
+    from threedgen.toy.render import render_scene
+
+    cams = RandomCameraSampler(W.TOY_CAMERAS, seed=7).sample(0, batch_size=4).with_resolution(32, 32)
+    cube = render_scene(W.ToyScene("cube", "red"), cams, ssaa=2)["rgb"]
+    sphere = render_scene(W.ToyScene("sphere", "red"), cams, ssaa=2)["rgb"]
+    blank = torch.ones(1, 3, 32, 32)
+    box = torch.ones(1, 3, 32, 32)
+    box[..., 2:30, 2:30] = 0.3  # a frame-filling blob
+    imgs = torch.cat([cube, sphere, blank, box])
+    shape = torch.tensor([0] * 4 + [1] * 4 + [0, 0])
+    per = outline_iou(imgs[:8], shape[:8], bank=128)
+    assert per["cube"] > 0.85 and per["sphere"] > 0.95
+    wrong = outline_iou(torch.cat([sphere, blank, box]), torch.tensor([0] * 4 + [0, 0]), bank=128)
+    assert wrong["cube"] < per["cube"] - 0.1
+    assert outline_iou(blank, torch.tensor([0]), bank=16)["cube"] == 0.0

@@ -8,6 +8,11 @@ Gates (why: SDS needs a prior that knows the object and where its front is):
 - ``marker_front``: "... with a white dot, front view" samples show the marker >= 80%;
 - ``marker_back``: "... with a white dot, back view" samples show the marker <= 10%.
 
+Also measured, not gated: ``outline_iou`` per shape, the silhouette of each plain sample (pixels that
+are not background white) against the best-matching true silhouette among 512 analytic renders of that
+shape from the prior's own camera range. The classifier calls a star-outlined cube a cube; this number
+does not, and SDS can only distil the outlines its prior draws.
+
 Writes ``<prior>/samples.png`` (rows: shapes; columns: colours, then marker front / back samples) and
 ``<prior>/evaluation.json``; prints the numbers.
 """
@@ -24,6 +29,7 @@ import torch
 
 from . import world as W
 from .classifier import classify, load_classifier
+from .render import render_scene
 from .sample import load_prior, sample, save_grid
 
 GATES = {"shape_colour": (">=", 0.90), "marker_front": (">=", 0.80), "marker_back": ("<=", 0.10)}
@@ -83,6 +89,7 @@ def evaluate(
     res["gates"] = {
         k: bool(res[k] >= thr if op == ">=" else res[k] <= thr) for k, (op, thr) in GATES.items()
     }
+    res["outline_iou"] = outline_iou(x_plain, shape_t)
     # grid: one row per shape: its 7 colours, then 7 marker front-view samples, then 7 back-view samples
     nc = len(W.COLOUR_NAMES)
     rows = []
@@ -91,6 +98,25 @@ def evaluate(
         rows += [x_plain[sl], x_front[sl], x_back[sl]]
     grid = torch.cat(rows)
     return res, grid, 3 * nc
+
+
+def outline_iou(images: torch.Tensor, shape_idx: torch.Tensor, bank: int = 512, white: float = 0.12) -> dict:
+    """Per shape, the mean over samples of the best silhouette IoU against ``bank`` true renders."""
+    from ..data.cameras import RandomCameraSampler
+
+    H = images.shape[-1]
+    cams = RandomCameraSampler(W.TOY_CAMERAS, seed=123).sample(0, batch_size=bank).with_resolution(H, H)
+    fg = ((1.0 - images).abs().amax(1) > white).flatten(1).float()  # [N, H*W]
+    out = {}
+    for i, s in enumerate(W.SHAPES):
+        sel = shape_idx == i
+        if not sel.any():
+            continue
+        true = (render_scene(W.ToyScene(s, "red"), cams, ssaa=2)["mask"] > 0.5).flatten(1).float()  # [bank, H*W]
+        inter = fg[sel] @ true.T
+        union = fg[sel].sum(1, keepdim=True) + true.sum(1)[None] - inter
+        out[s] = (inter / union.clamp_min(1)).amax(1).mean().item()
+    return out
 
 
 def main(argv=None) -> None:
@@ -116,6 +142,7 @@ def main(argv=None) -> None:
         print(f"{k:14s} {res[k]:.3f}  (gate {op} {thr})  {'PASS' if res['gates'][k] else 'FAIL'}")
     print(f"shape {res['shape']:.3f} colour {res['colour']:.3f}; per shape "
           + " ".join(f"{s} {v:.2f}" for s, v in res["per_shape"].items()))
+    print("outline IoU (best true view) " + " ".join(f"{s} {v:.3f}" for s, v in res["outline_iou"].items()))
     print(f"view classified as prompted: front {res['view_front_classified_front']:.3f} "
           f"back {res['view_back_classified_back']:.3f}; {res['samples']} samples in {res['sampling_seconds']}s")
     print(f"wrote {out / 'samples.png'} and {out / 'evaluation.json'}")
