@@ -169,10 +169,10 @@ def main(argv=None) -> int:
         return 2
     rows_dir = out / "rows"
     rows_dir.mkdir(parents=True, exist_ok=True)
+    classifier_dir = Path(args.classifier) if Path(args.classifier).is_dir() else None
     if not args.merge:
         from .classifier import load_classifier
 
-        classifier_dir = Path(args.classifier) if Path(args.classifier).is_dir() else None
         classifier = load_classifier(classifier_dir) if classifier_dir else None
         jobs = [(Path(r), p, s) for r in args.recipes for p in args.prompts for s in args.seeds]
         mine = [j for k, j in enumerate(jobs) if k % n_shards == shard - 1]
@@ -185,7 +185,7 @@ def main(argv=None) -> int:
             _run_job(recipe, prompt, seed, scenes[prompt], classifier, out, rows_dir, args.overrides, provenance)
             rate = (time.perf_counter() - t0) / (k + 1)
             print(f"[{k + 1}/{len(todo)}] {rate / 60:.1f} min/run, ETA {rate * (len(todo) - k - 1) / 60:.0f} min", flush=True)
-    return merge(out, Path(args.classifier) if Path(args.classifier).is_dir() else None)
+    return merge(out, classifier_dir)
 
 
 def _rel(path: Path) -> str:
@@ -225,7 +225,7 @@ def current_rows(rows: list[dict], classifier: Path | None) -> tuple[list[dict],
     now: dict = {}
     keep, stale = [], []
     for r in rows:
-        recipe = REPO / r["recipe_file"] if "recipe_file" in r and not Path(r["recipe_file"]).is_absolute() else Path(r.get("recipe_file", ""))
+        recipe = REPO / r.get("recipe_file", "")  # an absolute recipe_file stays as it is; none: REPO, no file
         key = (str(recipe), tuple(r.get("overrides", ())))
         if key not in now:
             now[key] = fingerprint(recipe, list(key[1]), classifier, REPO) if recipe.is_file() else None

@@ -51,8 +51,7 @@ def fingerprint(recipe: Path, overrides: list[str], classifier: Path | None, roo
     from ..config import load_raw
 
     raw = load_raw(recipe, list(overrides))
-    for key in ("seed",):
-        raw.pop(key, None)
+    raw.pop("seed", None)
     if isinstance(raw.get("system"), dict):
         raw["system"] = {k: v for k, v in raw["system"].items() if k != "prompt"}
     config_sha = hashlib.sha1(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
