@@ -36,6 +36,8 @@ class CameraConfig:
     eval_elevation: float = 15.0
     eval_distance: float = 1.75
     eval_fovy: float = 55.0
+    center: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """The point every camera orbits and looks at (world); a scene edit sets it to the edit box's centre."""
 
 
 @dataclass
@@ -125,8 +127,9 @@ class CameraBatch:
         return replace(self, width=width, height=height)
 
 
-def spherical_to_c2w(elevation: torch.Tensor, azimuth: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
-    """Camera-to-world [B,4,4] for cameras on a sphere looking at the origin (radians)."""
+def spherical_to_c2w(elevation: torch.Tensor, azimuth: torch.Tensor, distance: torch.Tensor,
+                     center: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Camera-to-world [B,4,4] for cameras on a sphere looking at ``center`` (default the origin; radians)."""
     elevation = elevation.clamp(-math.pi / 2 + 1e-4, math.pi / 2 - 1e-4)
     pos = torch.stack(
         [
@@ -136,7 +139,8 @@ def spherical_to_c2w(elevation: torch.Tensor, azimuth: torch.Tensor, distance: t
         ],
         dim=-1,
     )
-    return look_at(pos, torch.zeros_like(pos))
+    target = torch.zeros_like(pos) if center is None else torch.as_tensor(center, dtype=pos.dtype).expand_as(pos)
+    return look_at(pos + target, target)
 
 
 def look_at(eye: torch.Tensor, target: torch.Tensor, up: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -154,18 +158,18 @@ def look_at(eye: torch.Tensor, target: torch.Tensor, up: Optional[torch.Tensor] 
 
 
 def make_cameras(
-    elevation_deg, azimuth_deg, distance, fovy_deg, width: int, height: int, light_dir=None, time=None
+    elevation_deg, azimuth_deg, distance, fovy_deg, width: int, height: int, light_dir=None, time=None, center=None
 ) -> CameraBatch:
-    """Cameras from angles in degrees (scalars or [B] tensors)."""
+    """Cameras from angles in degrees (scalars or [B] tensors), orbiting ``center`` (default the origin)."""
     el = torch.deg2rad(torch.as_tensor(elevation_deg, dtype=torch.float32).reshape(-1))
     az = torch.deg2rad(torch.as_tensor(azimuth_deg, dtype=torch.float32).reshape(-1))
     B = max(el.numel(), az.numel())
     el, az = el.expand(B).contiguous(), az.expand(B).contiguous()
     dist = torch.as_tensor(distance, dtype=torch.float32).reshape(-1).expand(B).contiguous()
     fovy = torch.deg2rad(torch.as_tensor(fovy_deg, dtype=torch.float32).reshape(-1).expand(B).contiguous())
-    c2w = spherical_to_c2w(el, az, dist)
+    c2w = spherical_to_c2w(el, az, dist, center)
     if light_dir is None:
-        light_dir = c2w[:, :3, 3] / dist[:, None]
+        light_dir = (c2w[:, :3, 3] - (0.0 if center is None else torch.as_tensor(center, dtype=torch.float32))) / dist[:, None]
     return CameraBatch(c2w, fovy, int(width), int(height), el, az, dist, time=time, light_dir=light_dir)
 
 
@@ -194,8 +198,8 @@ class RandomCameraSampler:
         el, az = uniform(cfg.elevation_range), uniform(cfg.azimuth_range)
         dist, fovy = uniform(cfg.distance_range), uniform(cfg.fovy_range)
         W, H = self.resolution(step)
-        cams = make_cameras(el, az, dist, fovy, W, H)
-        cam_dir = cams.c2w[:, :3, 3] / cams.distance[:, None]
+        cams = make_cameras(el, az, dist, fovy, W, H, center=_center(cfg))
+        cam_dir = (cams.c2w[:, :3, 3] - torch.tensor(cfg.center, dtype=torch.float32)) / cams.distance[:, None]
         if cfg.light == "dreamfusion":
             ld = cam_dir + cfg.light_perturb * torch.randn(B, 3, generator=g) * 0.5
             cams.light_dir = ld / ld.norm(dim=-1, keepdim=True).clamp_min(1e-6)
@@ -208,6 +212,11 @@ class RandomCameraSampler:
         return cams
 
 
+def _center(cfg: CameraConfig):
+    """``cfg.center`` as a tensor, or None at the origin (keeps the default cameras bit-identical)."""
+    return None if not any(cfg.center) else torch.tensor(cfg.center, dtype=torch.float32)
+
+
 def fixed_light(cfg: CameraConfig, n: int) -> torch.Tensor:
     d = torch.tensor(cfg.light_direction, dtype=torch.float32)
     return (d / d.norm()).expand(n, 3).contiguous()
@@ -218,4 +227,4 @@ def orbit_cameras(cfg: CameraConfig, n_views: int, resolution: int, elevation: O
     az = torch.arange(n_views, dtype=torch.float32) * (360.0 / n_views)
     el = cfg.eval_elevation if elevation is None else elevation
     light = fixed_light(cfg, n_views) if cfg.light == "fixed" else None
-    return make_cameras(el, az, cfg.eval_distance, cfg.eval_fovy, resolution, resolution, light_dir=light)
+    return make_cameras(el, az, cfg.eval_distance, cfg.eval_fovy, resolution, resolution, light_dir=light, center=_center(cfg))

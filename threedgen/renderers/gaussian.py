@@ -75,6 +75,10 @@ class GaussianRenderer(Renderer):
         feats = representation.colors(campos)  # [C,N,3]
         if cfg.return_normal:
             feats = torch.cat([feats, representation.normals(campos)], -1)
+        extra_fn = getattr(representation, "extra_features", None)  # e.g. an edit scene's object indicator
+        extra = extra_fn(campos) if extra_fn is not None else None
+        if extra is not None:
+            feats = torch.cat([feats, extra.to(feats)], -1)
         kw = dict(width=W, height=H, near_plane=cfg.near_plane, far_plane=cfg.far_plane, eps2d=cfg.eps2d,
                   radius_clip=cfg.radius_clip, packed=cfg.packed,
                   rasterize_mode="antialiased" if cfg.antialiased else "classic", render_mode="RGB+D")
@@ -99,6 +103,9 @@ class GaussianRenderer(Renderer):
         rgb = renders[..., :3] + (1.0 - alpha) * background(dirs)
         depth = renders[..., -1:] / cos
         normal = renders[..., 3:6] if cfg.return_normal else None
+        if extra is not None:
+            first = 6 if cfg.return_normal else 3
+            meta["extra"] = renders[..., first : first + extra.shape[-1]].permute(0, 3, 1, 2)  # [C,K,H,W], alpha-weighted
 
         def img(t):
             return t.permute(0, 3, 1, 2).contiguous()
