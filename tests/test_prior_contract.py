@@ -20,7 +20,8 @@ from threedgen.prompts.processor import PromptProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
 PRIORS = ["pixel_prior", "sd_v_prior", "flow_prior"]
-SCORE_GUIDANCES = [n for n in registry.names("guidance") if n != "photometric"]  # photometric uses no prior
+# photometric uses no prior; disds needs an inpainting prior and an edit mask (tests/test_disds.py)
+SCORE_GUIDANCES = [n for n in registry.names("guidance") if n not in ("photometric", "disds")]
 B = 2
 
 

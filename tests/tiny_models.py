@@ -272,3 +272,44 @@ def build_sd3(path, seed: int = 0, shift: float = 3.0, t5: bool = True) -> Path:
         tok3 = t5_tokenizer()
         parts.update(text_encoder_3=t5_text_encoder(tok3, seed=seed + 2), tokenizer_3=tok3)
     return _save(path, "StableDiffusion3Pipeline", parts)
+
+
+def controlnet(in_channels: int = 4, conditioning_embedding_out_channels=(8, 16), seed: int = 0):
+    """A ControlNet of ``unet()``'s layout. Its zero convolutions are given small random weights, so
+    its residuals are not zero and tests can see the control image reach the prediction."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    net = ControlNetModel(
+        in_channels=in_channels,
+        conditioning_channels=3,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=8,
+        norm_num_groups=32,
+        conditioning_embedding_out_channels=tuple(conditioning_embedding_out_channels),
+    )
+    with torch.no_grad():
+        for m in [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]:
+            m.weight.normal_(0, 0.05)
+    return net.eval()
+
+
+def build_sd_inpaint(path, seed: int = 0, with_controlnet: bool = True) -> Path:
+    """SD-inpainting layout (UNet of 9 input channels) with a depth-ControlNet subfolder (16² images, 8² latents)."""
+    tok = clip_tokenizer()
+    return _save(path, "StableDiffusionControlNetInpaintPipeline", {
+        "unet": unet(9, 4, sample_size=8, seed=seed), "vae": vae(seed=seed), "text_encoder": clip_text_encoder(tok, seed=seed),
+        "tokenizer": tok, "scheduler": sd_scheduler(), "controlnet": controlnet(4, (8, 16), seed=seed) if with_controlnet else None,
+    })
+
+
+def build_pixel_inpaint(path, seed: int = 0, sample_size: int = 16) -> Path:
+    """Pixel-space inpainting model (7 = 3 + 1 + 3 input channels) with a full-resolution ControlNet (the toy layout)."""
+    tok = clip_tokenizer()
+    return _save(path, "StableDiffusionControlNetInpaintPipeline", {
+        "unet": unet(7, 3, sample_size=sample_size, seed=seed), "text_encoder": clip_text_encoder(tok, seed=seed),
+        "tokenizer": tok, "scheduler": sd_scheduler(), "controlnet": controlnet(3, (16,), seed=seed),
+    })

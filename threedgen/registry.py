@@ -95,6 +95,7 @@ _BUILTIN = {
         "cds": "threedgen.guidance.cds:CDSGuidance",
         "ism": "threedgen.guidance.ism:ISMGuidance",
         "sdi": "threedgen.guidance.sdi:SDIGuidance",
+        "disds": "threedgen.guidance.disds:DISDSGuidance",
     },
     "prompt_processor": {
         "default": "threedgen.prompts.processor:PromptProcessor",

@@ -18,6 +18,7 @@ class GuidanceInput:
     alpha: Optional[torch.Tensor] = None  # [B,1,H,W]
     depth: Optional[torch.Tensor] = None  # [B,1,H,W]
     normal: Optional[torch.Tensor] = None  # [B,3,H,W]
+    mask: Optional[torch.Tensor] = None  # [B,1,H,W] the region an edit may change (1); None: everywhere
 
 
 class Guidance(nn.Module):

@@ -18,13 +18,16 @@ class Conditioning:
     """What the denoiser is conditioned on, batched along dim 0.
 
     ``emb`` ``[N,L,D]`` token embeddings; ``pooled`` ``[N,P]`` (SD3-class models); ``mask``
-    ``[N,1,h,w]`` and ``control`` ``[N,C,H,W]`` for editing and control priors. Every present field
-    is selected, expanded and concatenated together.
+    ``[N,1,h,w]`` (1 = repaint, at the model input's size), ``masked`` ``[N,C,h,w]`` (the model-space
+    image with the masked region blanked) for inpainting priors, and ``control`` ``[N,C,H,W]`` (a
+    ControlNet's image, in [0,1] at the prior's image resolution). Every present field is selected,
+    expanded and concatenated together.
     """
 
     emb: torch.Tensor
     pooled: Optional[torch.Tensor] = None
     mask: Optional[torch.Tensor] = None
+    masked: Optional[torch.Tensor] = None
     control: Optional[torch.Tensor] = None
 
     def present(self) -> dict[str, torch.Tensor]:

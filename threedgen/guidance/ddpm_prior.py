@@ -5,16 +5,23 @@ Covers Stable Diffusion 1.5 / 2.1 (latent, ``AutoencoderKL``, CLIP text encoder;
 v-prediction), DeepFloyd IF stage I (pixel space, T5, 6 output channels of which the first 3 are
 epsilon) and any pixel-space UNet folder without a VAE (the toy prior in ``assets/toy-prior``).
 Its levels are the scheduler's timesteps ``0..T-1`` and ``(a_t, b_t) = (sqrt(abar_t), sqrt(1 - abar_t))``.
+
+Inpainting UNets (SD inpainting: 9 input channels = noisy latent 4 + mask 1 + masked-image latent
+4; a pixel model's 7 = 3 + 1 + 3) are recognised by ``in_channels = 2 C + 1`` and read
+``Conditioning.mask``/``masked``; a ControlNet (``PriorConfig.controlnet`` or the folder's
+``controlnet/``) takes the C-channel noisy input and ``Conditioning.control`` and adds its residuals
+to the UNet's, as diffusers' ``StableDiffusionControlNetInpaintPipeline`` wires them.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Optional, Union
 
 import torch
 
-from .model_folder import PriorConfig, freeze
+from .model_folder import ModelFolder, PriorConfig, freeze
 from .prior_api import Conditioning, NoiseLevels, Prior
 
 log = logging.getLogger(__name__)
@@ -53,7 +60,16 @@ class DDPMPrior(Prior):
         self.levels = NoiseLevels(int(self.scheduler.config.num_train_timesteps), self.device)
         abar = self.scheduler.alphas_cumprod.to(self.device, torch.float32)
         self._a, self._b = abar.sqrt(), (1.0 - abar).clamp_min(0).sqrt()
-        self.latent_channels = int(self.unet.config.in_channels)
+        in_ch, out_ch = int(self.unet.config.in_channels), int(self.unet.config.out_channels)
+        base = int(self.vae.config.latent_channels) if self.vae is not None else min(in_ch, out_ch)
+        if in_ch not in (base, 2 * base + 1):
+            raise ValueError(
+                f"{cfg.model}: the UNet takes {in_ch} input channels; a prior's UNet takes {base} (the model "
+                f"space) or {2 * base + 1} (an inpainting UNet: noisy input, mask, masked image)"
+            )
+        self.inpainting = in_ch == 2 * base + 1
+        self.latent_channels = base
+        self.controlnet = self._load_controlnet(cfg, f, diffusers)
         self.latent_resolution = int(self.unet.config.sample_size)
         self.cond_width = int(self.unet.config.cross_attention_dim)
         self._setup_vae()
@@ -68,13 +84,41 @@ class DDPMPrior(Prior):
         embedding is added there)."""
         return denoiser.time_embedding, int(denoiser.time_embedding.linear_2.out_features)
 
+    def _load_controlnet(self, cfg: PriorConfig, folder: ModelFolder, diffusers):
+        if cfg.controlnet:
+            src, sub = ModelFolder(replace(cfg, model=cfg.controlnet, variant=None), self.dtype, single=True), None
+        elif folder.has("controlnet"):
+            src, sub = folder, "controlnet"
+        else:
+            return None
+        net = freeze(src.load(diffusers.ControlNetModel, sub)).to(self._home)
+        if int(net.config.cross_attention_dim) != int(self.unet.config.cross_attention_dim):
+            raise ValueError(f"ControlNet {cfg.controlnet or 'controlnet/'} reads text embeddings of width "
+                             f"{net.config.cross_attention_dim}, the UNet {self.unet.config.cross_attention_dim}: not the same base model")
+        log.info("ControlNet %s (conditioning %d channels, scale %g)", cfg.controlnet or f"{cfg.model}/controlnet",
+                 net.config.conditioning_channels, cfg.controlnet_scale)
+        return net
+
     def _denoise(self, x_t, level, cond: Conditioning, cameras) -> torch.Tensor:
+        dev = self._exec_device
+        t = level.clamp_min(0).to(dev)
+        x = x_t
+        if self.inpainting:
+            if cond.mask is None or cond.masked is None:
+                raise ValueError(f"{self.model_id} is an inpainting UNet: its objective must pass a mask and a masked image "
+                                 "(the disds guidance does); plain objectives need a text-to-image prior")
+            x = torch.cat([x_t, cond.mask.to(x_t), cond.masked.to(x_t)], 1)
+        kw = {}
+        if self.controlnet is not None:
+            if cond.control is None:
+                raise ValueError(f"{self.model_id} has a ControlNet: its objective must pass a control image (disds passes depth)")
+            with self._running(self.controlnet) as net:
+                down, mid = net(x_t.to(dev, net.dtype), t, encoder_hidden_states=cond.emb.to(dev, net.dtype),
+                                controlnet_cond=cond.control.to(dev, net.dtype), conditioning_scale=self.cfg.controlnet_scale,
+                                return_dict=False)
+            kw = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         with self._running(self.denoiser) as unet:
-            return unet(
-                x_t.to(self._exec_device, unet.dtype),
-                level.clamp_min(0).to(self._exec_device),
-                encoder_hidden_states=cond.emb.to(self._exec_device, unet.dtype),
-            ).sample
+            return unet(x.to(dev, unet.dtype), t, encoder_hidden_states=cond.emb.to(dev, unet.dtype), **kw).sample
 
     # ---- text -------------------------------------------------------------------------------
 

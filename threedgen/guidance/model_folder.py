@@ -54,6 +54,12 @@ class PriorConfig:
     resolution: Optional[int] = None
     """Image size the render is resized to before encoding; default the denoiser's ``sample_size`` times
     the VAE's downsampling factor (512 for SD 2.1-base, 64 for IF stage I)."""
+    controlnet: Optional[str] = None
+    """A diffusers ``ControlNetModel`` (local folder or cached hub id, e.g. a depth ControlNet of the
+    prior's base) applied in every denoiser call; None: the prior folder's own ``controlnet/``
+    subfolder when it has one (the ControlNet pipelines' layout), else no ControlNet."""
+    controlnet_scale: float = 1.0
+    """The ControlNet residuals' weight (diffusers' ``controlnet_conditioning_scale``)."""
     encode_mode: Literal["sample", "mean"] = "sample"
     """Latent models: take a sample of the VAE posterior (threestudio) or its mean."""
     scheduler: Literal["ddim", "ddpm"] = "ddim"
@@ -79,8 +85,9 @@ def _looks_like_hub_id(model: str) -> bool:
     return model.count("/") == 1 and not model.startswith((".", "/", "~")) and "\\" not in model and not model.endswith("/")
 
 
-def resolve_model(model: str, revision: Optional[str] = None) -> tuple[str, bool]:
+def resolve_model(model: str, revision: Optional[str] = None, single: bool = False) -> tuple[str, bool]:
     """``(location, is_local)``: an absolute folder path, or the hub id when it is in the HF cache.
+    ``single``: the folder is one model (``config.json`` at its root, e.g. a ControlNet), not a pipeline.
 
     Local folders are tried relative to the current directory, then to the repository root. A
     string that names no folder is treated as a hub id; it must be in the Hugging Face cache when
@@ -91,7 +98,10 @@ def resolve_model(model: str, revision: Optional[str] = None) -> tuple[str, bool
     for c in candidates:
         if c.is_dir():
             c = c.resolve()
-            if not any((c / d / "config.json").is_file() for d in DENOISERS):
+            if single and not (c / "config.json").is_file():
+                raise PriorNotFoundError(f"model folder {str(c)!r} has no config.json; a single diffusers model "
+                                         "(e.g. a ControlNet) is a folder with config.json and its weights")
+            if not single and not any((c / d / "config.json").is_file() for d in DENOISERS):
                 raise PriorNotFoundError(
                     f"diffusion prior folder {str(c)!r} has no unet/ or transformer/ subfolder (looked for "
                     f"{str(c / 'unet' / 'config.json')!r}); a prior folder is in diffusers layout: "
@@ -102,7 +112,7 @@ def resolve_model(model: str, revision: Optional[str] = None) -> tuple[str, bool
     looked = " and ".join(repr(str(c)) for c in dict.fromkeys(candidates))
     if not _looks_like_hub_id(model):
         raise PriorNotFoundError(f"diffusion prior {model!r} not found: no folder at {looked}")
-    if _hub_file(model, "model_index.json", revision) is None:
+    if _hub_file(model, "config.json" if single else "model_index.json", revision) is None:
         offline = hub_offline()
         how = (
             "HF_HUB_OFFLINE=1 is set, so nothing is fetched"
@@ -163,11 +173,11 @@ class ModelFolder:
     ``load`` turns a missing weight file into a ``PriorNotFoundError`` naming the model and subfolder.
     """
 
-    def __init__(self, cfg: "PriorConfig", dtype: torch.dtype):
+    def __init__(self, cfg: "PriorConfig", dtype: torch.dtype, single: bool = False):
         self.cfg = cfg
         self.dtype = dtype
-        self.location, self.is_local = resolve_model(cfg.model, cfg.revision)
-        self.index = self._read_index()
+        self.location, self.is_local = resolve_model(cfg.model, cfg.revision, single)
+        self.index = {} if single else self._read_index()
         self.load_kw = dict(variant=cfg.variant, revision=cfg.revision)
         if not self.is_local and hub_offline():
             self.load_kw["local_files_only"] = True
@@ -202,13 +212,15 @@ class ModelFolder:
         cls_name = entry[1] if isinstance(entry, list) and len(entry) == 2 and entry[1] else default
         return getattr(lib, cls_name, None) or getattr(lib, default)
 
-    def load(self, cls, subfolder: str, dtype_kw: str = "torch_dtype"):
+    def load(self, cls, subfolder: Optional[str], dtype_kw: str = "torch_dtype"):
+        """``cls.from_pretrained`` of ``subfolder`` (None: the folder itself is the model, e.g. a ControlNet repo)."""
+        sub = {"subfolder": subfolder} if subfolder else {}
         try:
-            return cls.from_pretrained(self.location, subfolder=subfolder, **{dtype_kw: self.dtype}, **self.load_kw)
+            return cls.from_pretrained(self.location, **sub, **{dtype_kw: self.dtype}, **self.load_kw)
         except OSError as e:  # missing weight files, wrong variant: say which model and folder
             variant = f" (variant {self.cfg.variant!r}; set prior.variant=null for plain weights)" if self.cfg.variant else ""
             raise PriorNotFoundError(
-                f"could not load {cls.__name__} from {self.location}/{subfolder}{variant}: {str(e).splitlines()[0]}"
+                f"could not load {cls.__name__} from {self.location}/{subfolder or ''}{variant}: {str(e).splitlines()[0]}"
             ) from None
 
     def load_scheduler(self, cls):
