@@ -15,7 +15,6 @@ from threedgen.edit.views import alpha_mask, box_mask, dilate, disparity_image, 
 from threedgen.export.splats import check_splat_data, ply_bytes, to_axes
 from threedgen.renderers.background import SolidBackground
 from threedgen.renderers.gaussian import GaussianRenderer
-from threedgen.representations.gaussians import Gaussians
 
 
 def random_splats(n: int, degree: int, seed: int = 0) -> dict:
@@ -58,7 +57,7 @@ def test_ply_round_trip_is_exact_for_every_sh_degree_and_axes(tmp_path, degree, 
 
 def third_party_ply(path, d: dict, fmt: str = "binary_big_endian", with_normals: bool = False):
     """Properties shuffled, doubles, an extra property, no normals, another endianness or ASCII."""
-    n, k = len(d["means"]), d["sh"].shape[1]
+    n = len(d["means"])
     cols = {"x": d["means"][:, 0], "y": d["means"][:, 1], "z": d["means"][:, 2]}
     if with_normals:
         cols.update(nx=torch.zeros(n), ny=torch.zeros(n), nz=torch.zeros(n))

@@ -102,6 +102,7 @@ _BUILTIN = {
     },
     "system": {
         "generation": "threedgen.systems.generation:GenerationSystem",
+        "edit": "threedgen.edit.system:EditSystem",
     },
     "exporter": {
         "mesh": "threedgen.export.mesh:MeshExporter",

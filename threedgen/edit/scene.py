@@ -17,7 +17,6 @@ object's visible alpha, occluded by whatever background lies in front (the edit 
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -29,8 +28,6 @@ from ..representations.base import Representation
 from ..representations.gaussians import Gaussians, sh_basis
 from .box import EditBox
 from .scene_ply import read_splat_ply
-
-log = logging.getLogger("threedgen")
 
 
 def file_sha256(path: Path) -> str:
@@ -45,7 +42,7 @@ class SceneWithObject(Representation):
     @dataclass
     class Config:
         scene: str = ""
-        """Path of the background scene, an INRIA-layout 3D Gaussian PLY."""
+        """Path of the background scene, an INRIA-layout 3D Gaussian PLY, or ``toy:<layout>`` (toy/scene_builder.py)."""
         axes: Literal["rdf", "rub"] = "rdf"
         """The file's axes: rdf (COLMAP/INRIA captures, y down; also this project's own PLY export) or rub (+Y up)."""
         box: tuple[float, float, float, float, float, float] = (-0.25, -0.25, -0.25, 0.25, 0.25, 0.25)
@@ -62,6 +59,10 @@ class SceneWithObject(Representation):
         if not cfg.scene:
             raise ValueError("system.scene is empty: pass the background scene, a 3D Gaussian .ply")
         path = Path(cfg.scene)
+        if cfg.scene.startswith("toy:"):  # a toy layout, built offline on first use
+            from ..toy.scene_builder import toy_scene_path
+
+            path = toy_scene_path(cfg.scene)
         bg = read_splat_ply(path, cfg.axes)
         means = torch.from_numpy(bg["means"])
         self.box.check_in_scene(means)
@@ -74,9 +75,6 @@ class SceneWithObject(Representation):
             self.register_buffer(f"bg_{k}", v.contiguous(), persistent=False)
         self.object = Gaussians(cfg.object)
         self._init_object_in_box()
-        log.info("edit scene: %d background Gaussians (SH degree %d%s) from %s; object of %d Gaussians in box %s..%s",
-                 self.num_background, self.bg_degree, f", {self.removed} removed from the box" if self.removed else "",
-                 path, self.object.num_gaussians, list(self.box.lo), list(self.box.hi))
 
     @torch.no_grad()
     def _init_object_in_box(self) -> None:
@@ -157,7 +155,15 @@ class SceneWithObject(Representation):
         self.object.update_step(epoch, step)
 
     def after_step(self, step: int, render_out) -> None:
-        """The object's densification on its own slice of the render's screen-space statistics."""
+        """The object's densification on its own slice of the render's screen-space statistics, then
+        every object centre projected back into the box (the edit stays inside it)."""
+        self._densify_object(step, render_out)
+        with torch.no_grad():
+            m = self.object.params["means"]
+            lo, hi = torch.tensor(self.box.lo, device=m.device), torch.tensor(self.box.hi, device=m.device)
+            m.copy_(torch.maximum(torch.minimum(m, hi), lo))
+
+    def _densify_object(self, step: int, render_out) -> None:
         meta = getattr(render_out, "meta", None) or {}
         means2d = meta.get("means2d")
         if means2d is None or (means2d.shape[-2] != self.num_gaussians and meta.get("gaussian_ids") is None):

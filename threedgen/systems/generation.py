@@ -180,11 +180,15 @@ class GenerationSystem(pl.LightningModule):
         out = RenderOutput(rgb=cat("rgb"), alpha=cat("alpha"), depth=cat("depth"), normal=cat("normal"))
         return out, cams, parts
 
+    def guidance_input(self, out: RenderOutput, cameras: CameraBatch) -> GuidanceInput:
+        """What the guidances see of this step's renders (a scene edit adds its edit mask)."""
+        return GuidanceInput(rgb=out.rgb, cameras=cameras, alpha=out.alpha, depth=out.depth, normal=out.normal)
+
     def training_step(self, batch, batch_idx):
         self.prepare_prompts()
         step = self.global_step
         out, cams, parts = self._render_particles(step)
-        inp = GuidanceInput(rgb=out.rgb, cameras=cams, alpha=out.alpha, depth=out.depth, normal=out.normal)
+        inp = self.guidance_input(out, cams)
         total = torch.zeros((), device=self.device)
         logs: dict[str, float] = {}
         for i, (g, w_sched, bundle) in enumerate(zip(self.guidances, self.guidance_weights, self._bundles)):

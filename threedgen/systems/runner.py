@@ -264,14 +264,27 @@ def export(system, cfg: RunConfig, run_dir: Path) -> list[Path]:
     A representation with ``splat_data()`` (Gaussians) gets the splat formats; every representation gets
     a textured mesh, taken from its own renders (``export.mesher=solid``, the renderer is the run's) or
     from its density (``density``: the Gaussians' splatted density field, NeRF's, DMTet's own), plus the
-    report and preview when a renderer is available.
+    report and preview when a renderer is available. A scene edit (``system: edit``) writes the edited
+    scene's splats and, under ``export/object/``, the inserted object alone: splats, mesh, placement.
     """
-    from .. import registry
     from ..export.files import check_writable, write_files
 
     folder = run_dir / "export"
     check_writable(folder)  # before minutes of meshing
     rep = system.representation
+    if hasattr(system, "object_alone"):  # a scene edit: no mesh of a whole captured scene
+        files = encode_representation(rep, cfg, None, mesh=False)
+        obj = system.object_alone()
+        obj_files = encode_representation(obj, cfg, scene_render(system, obj))
+        obj_files["placement.json"] = system.placement()
+        return write_files(folder, files) + write_files(folder / "object", obj_files)
+    return write_files(folder, encode_representation(rep, cfg, scene_render(system)))
+
+
+def encode_representation(rep, cfg: RunConfig, render, mesh: bool = True) -> dict[str, bytes]:
+    """``{file name: bytes}`` of ``rep`` in ``cfg.export.formats`` (splats for Gaussians, then a mesh)."""
+    from .. import registry
+
     files: dict = {}
     surface = rep
     if hasattr(rep, "splat_data"):
@@ -284,14 +297,16 @@ def export(system, cfg: RunConfig, run_dir: Path) -> list[Path]:
         skipped = [f for f in cfg.export.formats if f not in ("glb", "obj")]
         if skipped:
             log.info("export: %s skipped: %s has no Gaussians", ", ".join(skipped), type(rep).__name__)
-    files.update(registry.get("exporter", "mesh")().encode(surface, cfg.export, render=scene_render(system)))
+    if mesh:
+        files.update(registry.get("exporter", "mesh")().encode(surface, cfg.export, render=render))
     if not files:
         raise ValueError(f"export.formats {cfg.export.formats} produce no file for a {type(rep).__name__}; add glb or obj")
-    return write_files(folder, files)
+    return files
 
 
-def scene_render(system):
-    """cameras -> RenderOutput of particle 0, unlit (albedo) over black, in eval mode: what the export reads."""
+def scene_render(system, representation=None):
+    """cameras -> RenderOutput of particle 0 (or ``representation`` with the system's renderer), unlit
+    (albedo) over black, in eval mode: what the export reads."""
     from ..export.refine import black
 
     if getattr(system, "renderer", None) is None:
@@ -302,7 +317,8 @@ def scene_render(system):
         system.eval()
         try:
             with torch.no_grad():
-                return system.renderer(system.representation, cameras.to(system.device), black, shading="albedo")
+                rep = system.representation if representation is None else representation
+                return system.renderer(rep, cameras.to(system.device), black, shading="albedo")
         finally:
             system.train(was_training)
 
