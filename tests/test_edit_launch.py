@@ -16,7 +16,7 @@ from threedgen.edit.scene_ply import read_splat_ply
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "toy" / "edit-disds.yaml"
-SHORT = ["trainer.max_steps=4", "trainer.val_every=2", "trainer.ckpt_every=2", "trainer.test_views=4", "trainer.test_resolution=32",
+SHORT = ["stages.0.steps=2", "stages.1.steps=3", "trainer.val_every=2", "trainer.ckpt_every=2", "trainer.test_views=4", "trainer.test_resolution=32",
          "data.batch_size=2", "system.representation.num_points=200", "system.representation.init_opacity=0.8",
          "system.edit.anchor_views=4",
          "export.views=12", "export.view_resolution=48", "export.resolution=32", "export.refine_steps=5", "export.texture_fit_steps=5"]
@@ -56,6 +56,8 @@ def test_edit_recipe_end_to_end_keeps_the_background_and_exports_the_object(tmp_
     assert (run / "export" / "object" / "model.glb").is_file() and place["anchor"]["visible"] > 0
     assert not (run / "export" / "model.glb").exists()  # no mesh of a whole captured scene
     assert "edit: anchor view" in r.stderr
+    assert (run / "renders" / "test" / "before_after.mp4").stat().st_size > 0
+    assert (run / "ckpts").is_dir() and (run / "renders" / "val" / "coarse").is_dir()  # both stages ran
 
 
 @pytest.mark.parametrize("override,needle", [

@@ -125,6 +125,10 @@ class SceneWithObject(Representation):
         ind = torch.cat([torch.ones(self.object.num_gaussians), torch.zeros(self.num_background)]).to(self.bg_means)
         return ind[None, :, None].expand(cam_positions.shape[0], -1, 1)
 
+    def without_object(self) -> "_Background":
+        """The scene as it was before the edit, for the renderer (before/after videos)."""
+        return _Background(self)
+
     # ---- exports ----------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -166,6 +170,9 @@ class SceneWithObject(Representation):
     def _densify_object(self, step: int, render_out) -> None:
         meta = getattr(render_out, "meta", None) or {}
         means2d = meta.get("means2d")
+        if means2d is not None and means2d.shape[-2] == self.object.num_gaussians != self.num_gaussians:
+            self.object.after_step(step, render_out)  # a render of the object alone (a coarse stage)
+            return
         if means2d is None or (means2d.shape[-2] != self.num_gaussians and meta.get("gaussian_ids") is None):
             return  # not a render of the current scene (e.g. an evaluation render after a resize)
         n_obj = self.object.num_gaussians
@@ -179,6 +186,23 @@ class SceneWithObject(Representation):
         if saved and saved != self.scene_sha256:
             raise ValueError(f"the checkpoint was trained on a different scene file (SHA-256 {saved[:12]}…, now "
                              f"{self.scene_sha256[:12]}… at {self.cfg.scene}); resume with the original scene")
+
+
+class _Background:
+    """Renderer view of a ``SceneWithObject``'s background alone."""
+
+    def __init__(self, scene: SceneWithObject):
+        self.scene = scene
+
+    def activated(self) -> dict:
+        n = self.scene.object.num_gaussians
+        return {k: v[n:] for k, v in self.scene.activated().items()}
+
+    def colors(self, cam_positions):
+        return self.scene.colors(cam_positions)[:, self.scene.object.num_gaussians :]
+
+    def normals(self, cam_positions):
+        return self.scene.normals(cam_positions)[:, self.scene.object.num_gaussians :]
 
 
 @dataclass

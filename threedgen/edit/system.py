@@ -49,6 +49,9 @@ class EditConfig:
     dilate_px: int = 2
     anchor_views: int = 12
     """Azimuths per elevation (0, 15, 30, 45°) scored for the anchor view at start-up; 0 skips the proposal."""
+    render: Literal["scene", "object"] = "scene"
+    """What training renders show: the edited scene (DI-SDS), or the object alone over the background
+    colour (a coarse stage with plain SDS and a text-to-image prior; no edit mask then)."""
 
 
 class EditSystem(GenerationSystem):
@@ -102,10 +105,30 @@ class EditSystem(GenerationSystem):
             return alpha_mask(out.meta["extra"], e.dilate_px)
         return dilate(box_mask(cameras, self.box).to(out.rgb.device), e.dilate_px)
 
+    def render(self, cameras, shading=None, particle: int = 0):
+        if self.cfg.edit.render == "object":
+            return self.renderer(self.representation.object, cameras, self.background, shading=shading)
+        return super().render(cameras, shading, particle)
+
     def guidance_input(self, out, cameras) -> GuidanceInput:
         inp = super().guidance_input(out, cameras)
-        inp.mask = self.edit_mask(out, cameras)
+        if self.cfg.edit.render == "scene":
+            inp.mask = self.edit_mask(out, cameras)
         return inp
+
+    @torch.no_grad()
+    def before_after(self, cameras):
+        """Per camera, the scene before the edit and after it (eval mode): two ``[N,3,H,W]`` tensors."""
+        was = self.training
+        self.eval()
+        try:
+            before = [self.renderer(self.representation.without_object(), c, self.background).rgb
+                      for c in (cameras[i : i + 4].to(self.device) for i in range(0, len(cameras), 4))]
+            after = [self.renderer(self.representation, c, self.background).rgb
+                     for c in (cameras[i : i + 4].to(self.device) for i in range(0, len(cameras), 4))]
+        finally:
+            self.train(was)
+        return torch.cat(before).cpu(), torch.cat(after).cpu()
 
     # ---- export -------------------------------------------------------------------------------
 

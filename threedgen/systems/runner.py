@@ -255,6 +255,9 @@ def test_renders(system, cfg: RunConfig, run_dir: Path) -> Path:
         save_png(folder / f"frame{i:03d}.png", f)
     save_video(folder / "orbit.mp4", frames)
     save_png(folder / "orbit.png", make_grid([list(rgb[: len(rgb) // 2]), list(rgb[len(rgb) // 2 :])]))
+    if hasattr(system, "before_after"):  # a scene edit: the scene before and after, side by side
+        before, after = system.before_after(cams)
+        save_video(folder / "before_after.mp4", [to_uint8(torch.cat([b, a], -1)) for b, a in zip(before, after)])
     return folder
 
 
