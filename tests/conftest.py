@@ -34,6 +34,7 @@ def _offline_and_tmp_embedding_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("THREEDGEN_EMBEDDING_CACHE", str(tmp_path / "text-embeddings"))
+    monkeypatch.setenv("THREEDGEN_CACHE", str(tmp_path / "threedgen-cache"))  # toy scenes (toy/scene_builder.py)
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +65,20 @@ def tiny_if_path(tmp_path_factory):
 def tiny_sd3_path(tmp_path_factory):
     """SD3-shaped flow-matching model: SD3Transformer2DModel, two CLIPs + T5, FlowMatchEuler shift 3."""
     return tiny_models.build_sd3(tmp_path_factory.mktemp("tiny-sd3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_inpaint_path(tmp_path_factory):
+    """SD-inpainting layout (9-channel UNet), no ControlNet of its own."""
+    return tiny_models.build_sd_inpaint(tmp_path_factory.mktemp("tiny-sd-inpaint"), with_controlnet=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet_path(tmp_path_factory):
+    """A ControlNet of the tiny SD layout, saved as a single-model folder (like a hub ControlNet repo)."""
+    path = tmp_path_factory.mktemp("tiny-controlnet")
+    tiny_models.controlnet(4, (8, 16)).save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,8 @@ STAND_INS = {  # hub id in a recipe -> the fixture of a tiny model of the same k
     "runwayml/stable-diffusion-v1-5": "tiny_sd_path",
     "DeepFloyd/IF-I-XL-v1.0": "tiny_if_path",
     "stabilityai/stable-diffusion-3.5-medium": "tiny_sd3_path",
+    "stable-diffusion-v1-5/stable-diffusion-inpainting": "tiny_sd_inpaint_path",
+    "lllyasviel/control_v11f1p_sd15_depth": "tiny_controlnet_path",
 }
 SMALL = [
     "trainer.max_steps=2", "trainer.val_every=0", "trainer.ckpt_every=1", "trainer.test_views=2",
@@ -29,9 +31,11 @@ SMALL = [
 def shrink(text: str, request) -> str:
     """The recipe with hub ids replaced by tiny stand-ins at their native resolution and small grids."""
     for hub, fixture in STAND_INS.items():
-        text = re.sub(rf"model: {re.escape(hub)}([,}}\s])", lambda m, f=fixture: f"model: {request.getfixturevalue(f)}{m.group(1)}", text)
+        text = re.sub(rf"(model|controlnet): {re.escape(hub)}([,}}\s])",
+                      lambda m, f=fixture: f"{m.group(1)}: {request.getfixturevalue(f)}{m.group(2)}", text)
     text = re.sub(r"(prior: \{[^}]*)resolution: \d+", r"\1resolution: null", text)
     text = re.sub(r"variant: fp16", "variant: null", text)
+    text = re.sub(r"\bscene: scene\.ply", "scene: toy:pair", text)  # a scene edit on a toy scene built offline
     text = re.sub(r"tet_resolution: \d+", "tet_resolution: 16", text)
     text = re.sub(r"\b(width|height): \d+", r"\1: 16", text)  # stage renders (data.width / height)
     if "name: dmtet" not in text:
@@ -49,7 +53,8 @@ def test_recipe_runs_two_steps_per_stage(recipe, request, tmp_path, monkeypatch)
 
     for f in RECIPES:  # recipes inherit from each other: shrink the whole tree
         text = shrink(f.read_text(), request)
-        assert "stabilityai/" not in text and "DeepFloyd/" not in text, f"{f.name}: a hub model without a tiny stand-in"
+        assert not re.search(r"(model|controlnet): [A-Za-z][\w.-]*/[\w.-]+\s", text.replace("assets/", "")), \
+            f"{f.name}: a hub model without a tiny stand-in"
         out = tmp_path / f.relative_to(ROOT)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)

@@ -153,7 +153,8 @@ class EditSystem(GenerationSystem):
 
 
 def _check_views_see_the_box(render_scene, sampler, box: EditBox) -> None:
-    scores = score_views(render_scene, sampler.sample(0, batch_size=32), box)
+    cams = sampler.sample(0, batch_size=32)
+    scores = score_views(render_scene, cams.with_resolution(min(cams.width, 64), min(cams.height, 64)), box)
     if max(s.visible * s.area for s in scores) <= 0:
         raise ValueError(f"no training view sees the edit box {list(box.lo)}..{list(box.hi)}: it is off-frame or "
                          "behind scene content from every sampled camera; check data.distance_range / elevation_range or move the box")
@@ -162,7 +163,7 @@ def _check_views_see_the_box(render_scene, sampler, box: EditBox) -> None:
 def _propose_anchor(render_scene, box: EditBox, cameras, cfg) -> tuple[dict, object]:
     """The anchor view (``views.propose_anchor`` at the evaluation distance and field of view), logged."""
     best, scores, cams = propose_anchor(render_scene, box, distance=float(cameras.eval_distance), fovy=float(cameras.eval_fovy),
-                                        resolution=int(cfg.val_resolution), n_azimuth=int(cfg.edit.anchor_views))
+                                        resolution=64, n_azimuth=int(cfg.edit.anchor_views))  # 64 px ranks views well enough
     s = scores[best]
     anchor = {"elevation": s.elevation, "azimuth": s.azimuth, "score": s.score, "visible": s.visible, "area": s.area,
               "context": s.context}
