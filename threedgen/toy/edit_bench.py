@@ -1,0 +1,145 @@
+"""Scene-edit bench: run the toy edit recipe and measure what issue 19 asks of an edit.
+
+    python -m threedgen.toy.edit_bench --prompts "a yellow cone" "a green cylinder" --seeds 0 1 --out edit-bench
+
+Per (prompt, seed), after ``launch.py`` trains ``configs/toy/edit-disds.yaml`` in its own process:
+
+- ``iou`` / ``colour_err``: the inserted object's own Gaussians, moved so the prompt's toy object
+  would stand on the ground at the box centre and scaled to unit size, rendered over ToyBench's
+  orbit and scored against the analytic object as ToyBench scores a run (``bench.score``);
+  ``best_shape``: the shape of the five with the highest IoU when each is placed the same way;
+- ``inside_box``: share of the object's Gaussian centres inside the edit box;
+- ``bg_identical``: the background Gaussians equal the scene file's, bit for bit;
+- ``bg_psnr_db``: renders of the scene before and after the edit from 8 views around the box, on
+  the pixels outside the box's silhouette dilated by 2 pixels (64x64);
+- ``wall_s``: the whole run (both stages).
+Rows go to ``<out>/rows/<job>.json`` (reruns skip them); ``<out>/edit_bench.md`` is the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from . import world as W
+from .bench import REPO, job_key, orbit, run_one, score
+from .scene_builder import Placed
+
+RECIPE = REPO / "configs" / "toy" / "edit-disds.yaml"
+
+
+def placed_render(system, shape: str):
+    """Orbit renders of the object alone, placed as ``shape`` standing at the box centre, at unit scale."""
+    from .edit_dataset import SCALE
+
+    obj = system.object_alone()  # centred on the box centre
+    centre = torch.tensor(Placed(shape, "red", 0.0, 0.0, SCALE).centre) - system.box.center
+    with torch.no_grad():
+        obj.params["means"].sub_(centre).div_(SCALE)
+        obj.params["scales"].sub_(math.log(SCALE))
+    obj.cfg.min_scale = obj.cfg.min_scale / SCALE
+    outs = [system.renderer(obj, c, _White()) for c in (orbit()[i : i + 4] for i in (0, 4))]
+    return torch.cat([o.rgb for o in outs]).detach(), torch.cat([o.alpha for o in outs]).detach()
+
+
+class _White:
+    def __call__(self, dirs):
+        return torch.ones_like(dirs)
+
+
+def measure(system, scene: W.ToyScene) -> dict:
+    from ..data.cameras import orbit_cameras
+    from ..edit.scene_ply import read_splat_ply
+    from ..edit.views import box_mask, dilate
+
+    rep = system.representation
+    per_shape = {}
+    for shape in W.SHAPES:
+        rgb, alpha = placed_render(system, shape)
+        per_shape[shape] = score(rgb, alpha, W.ToyScene(shape, scene.colour))
+    means = rep.object.params["means"].detach()
+    ref = read_splat_ply(Path(rep.cfg.scene) if not rep.cfg.scene.startswith("toy:") else _toy_path(rep.cfg.scene), rep.cfg.axes)
+    identical = all(torch.equal(getattr(rep, f"bg_{k}").cpu(), torch.from_numpy(ref[k])) for k in ("means", "log_scales", "quats"))
+    cams = orbit_cameras(system.camera_cfg, 8, 64)
+    before, after = system.before_after(cams)
+    keep = (1 - dilate(box_mask(cams, system.box), 2)).expand_as(before)
+    mse = float(((before - after) ** 2 * keep).sum() / keep.sum().clamp_min(1))
+    return {
+        "iou": per_shape[scene.shape]["iou"], "colour_err": per_shape[scene.shape]["colour_err"],
+        "best_shape": max(per_shape, key=lambda s: per_shape[s]["iou"]),
+        "iou_by_shape": {s: round(v["iou"], 4) for s, v in per_shape.items()},
+        "inside_box": float(rep.box.contains(means, margin=1e-6).float().mean()), "bg_identical": bool(identical),
+        "bg_psnr_db": float("inf") if mse == 0 else -10 * math.log10(mse), "n_object": rep.object.num_gaussians,
+    }
+
+
+def _toy_path(spec: str) -> Path:
+    from .scene_builder import toy_scene_path
+
+    return toy_scene_path(spec)
+
+
+def load_run(run: Path, recipe: Path, overrides: list[str]):
+    from ..config import load_config
+    from ..systems.runner import load_system, plan_stages
+
+    cfg, raw = load_config(recipe, overrides)
+    stage = plan_stages(cfg, raw, run)[-1]
+    return load_system(stage.cfg, stage.final)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| prompt | seed | IoU | best shape | colour err | inside box | background identical | background PSNR dB | wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['prompt']} | {r['seed']} | {r['iou']:.3f} | {r['best_shape']} | {r['colour_err']:.3f} | "
+                     f"{r['inside_box']:.2f} | {r['bg_identical']} | {r['bg_psnr_db']:.1f} | {r['wall_s']:.0f} |")
+    if rows:
+        n = len(rows)
+        right = sum(r["best_shape"] == W.parse_prompt(r["prompt"]).shape and r["iou"] >= 0.6 for r in rows)
+        lines.append(f"| **all** | {n} runs | {sum(r['iou'] for r in rows) / n:.3f} | {right}/{n} right and IoU >= 0.6 | "
+                     f"{sum(r['colour_err'] for r in rows) / n:.3f} | {min(r['inside_box'] for r in rows):.2f} | "
+                     f"{all(r['bg_identical'] for r in rows)} | {min(r['bg_psnr_db'] for r in rows):.1f} (min) | "
+                     f"{sum(r['wall_s'] for r in rows) / n:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--prompts", nargs="+", default=["a yellow cone", "a green cylinder", "a purple torus", "an orange cube", "a red sphere"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--recipe", default=str(RECIPE))
+    ap.add_argument("--out", default="edit-bench")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
+    args = ap.parse_args(argv)
+    try:
+        scenes = {p: W.parse_prompt(p) for p in args.prompts}
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out, recipe = Path(args.out), Path(args.recipe)
+    rows_dir = out / "rows"
+    rows_dir.mkdir(parents=True, exist_ok=True)
+    for prompt in args.prompts:
+        for seed in args.seeds:
+            f = rows_dir / f"{job_key('edit', prompt, seed)}.json"
+            if f.is_file():
+                continue
+            run, wall, rss = run_one(recipe, prompt, seed, out / "runs", args.overrides)
+            row = {"prompt": prompt, "seed": seed, "run": str(run), "wall_s": wall, "peak_rss_mb": rss,
+                   **measure(load_run(run, recipe, args.overrides), scenes[prompt])}
+            f.write_text(json.dumps(row, indent=2))
+            print(json.dumps({k: v for k, v in row.items() if k != "iou_by_shape"}), flush=True)
+    rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
+    (out / "edit_bench.md").write_text(table(rows))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
