@@ -57,6 +57,11 @@ def test_edit_recipe_end_to_end_keeps_the_background_and_exports_the_object(tmp_
     assert not (run / "export" / "model.glb").exists()  # no mesh of a whole captured scene
     assert "edit: anchor view" in r.stderr
     assert (run / "renders" / "test" / "before_after.mp4").stat().st_size > 0
+    from PIL import Image
+
+    anchor = np.asarray(Image.open(run / "renders" / "test" / "anchor.png"))
+    assert anchor.shape == (32, 96, 3)  # box tinted | before | after, at the test resolution
+    assert (anchor[:, :32].astype(int) - anchor[:, 32:64]).any() and (anchor[:, 32:64] != anchor[:, 64:]).any()
     assert (run / "ckpts").is_dir() and (run / "renders" / "val" / "coarse").is_dir()  # both stages ran
 
 

@@ -130,6 +130,18 @@ class EditSystem(GenerationSystem):
             self.train(was)
         return torch.cat(before).cpu(), torch.cat(after).cpu()
 
+    @torch.no_grad()
+    def anchor_view(self, resolution: int) -> torch.Tensor | None:
+        """``[3,H,3W]``: from the proposed anchor view, the scene before the edit with the box's
+        silhouette tinted, before, and after (None when the proposal was skipped)."""
+        if self.anchor_camera is None:
+            return None
+        cam = self.anchor_camera.with_resolution(resolution, resolution)
+        before, after = self.before_after(cam)
+        box = box_mask(cam, self.box).cpu()[0]
+        tint = before[0] * (1 - 0.5 * box) + 0.5 * box * torch.tensor([1.0, 0.2, 0.2])[:, None, None]
+        return torch.cat([tint, before[0], after[0]], -1)
+
     # ---- export -------------------------------------------------------------------------------
 
     def object_alone(self):

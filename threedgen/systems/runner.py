@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import yaml
 
-from ..config import ConfigError, RunConfig, StageConfig, to_plain
+from ..config import ConfigError, RunConfig, to_plain
 
 log = logging.getLogger("threedgen")
 
@@ -258,6 +258,9 @@ def test_renders(system, cfg: RunConfig, run_dir: Path) -> Path:
     if hasattr(system, "before_after"):  # a scene edit: the scene before and after, side by side
         before, after = system.before_after(cams)
         save_video(folder / "before_after.mp4", [to_uint8(torch.cat([b, a], -1)) for b, a in zip(before, after)])
+        anchor = system.anchor_view(cfg.trainer.test_resolution)
+        if anchor is not None:  # the proposed anchor view: box tinted | before | after
+            save_png(folder / "anchor.png", to_uint8(anchor))
     return folder
 
 
