@@ -82,6 +82,14 @@ def tiny_controlnet_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen_vl_path(tmp_path_factory):
+    """A Qwen2.5-VL folder: model, Qwen2 tokenizer with a chat template, PIL image processor config."""
+    import tiny_critics
+
+    return tiny_critics.build_qwen_vl(tmp_path_factory.mktemp("tiny-qwen-vl"))
+
+
+@pytest.fixture(scope="session")
 def flow_prior(tiny_sd3_path):
     from threedgen.guidance.model_folder import PriorConfig
     from threedgen.guidance.priors import get_prior

@@ -21,6 +21,7 @@ STAND_INS = {  # hub id in a recipe -> the fixture of a tiny model of the same k
     "stabilityai/stable-diffusion-3.5-medium": "tiny_sd3_path",
     "stable-diffusion-v1-5/stable-diffusion-inpainting": "tiny_sd_inpaint_path",
     "lllyasviel/control_v11f1p_sd15_depth": "tiny_controlnet_path",
+    "Qwen/Qwen2.5-VL-7B-Instruct": "tiny_qwen_vl_path",
 }
 SMALL = [
     "trainer.max_steps=2", "trainer.val_every=0", "trainer.ckpt_every=1", "trainer.test_views=2",
@@ -69,4 +70,5 @@ def test_recipe_runs_two_steps_per_stage(recipe, request, tmp_path, monkeypatch)
     headers = " ".join(f.read_text().splitlines()[0] for f in run.rglob("metrics.csv"))
     for g in raw["system"].get("guidance", []):
         if g["name"] != "photometric":
-            assert f"loss_{g['name']}" in headers, (g["name"], headers)
+            key = "reward" if g["name"] in ("reward", "vlm_reward") else g["name"]
+            assert f"loss_{key}" in headers, (g["name"], headers)

@@ -173,6 +173,12 @@ def _module_spec(value: Any, category: str, weighted: bool, path: str, default_n
     return ModuleSpec(category, name, from_dict(cfg_cls, value, path), weight)
 
 
+def build_module(category: str, value: Any, *args, **kwargs):
+    """Validate ``value`` (a registered name, or a mapping with ``name`` and settings) as a ``category``
+    module and build it: the way a module is made outside a run config (tools, tests)."""
+    return _module_spec(value, category, False, category).build(*args, **kwargs)
+
+
 def from_dict(cls: type, data: Any, path: str = ""):
     """Build dataclass ``cls`` from plain data, checking every key and type."""
     if isinstance(data, cls):

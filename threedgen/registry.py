@@ -19,6 +19,7 @@ CATEGORIES = (
     "system",
     "exporter",
     "regulariser",
+    "critic",
 )
 
 _TABLE: dict[str, dict[str, str]] = {c: {} for c in CATEGORIES}
@@ -96,6 +97,13 @@ _BUILTIN = {
         "ism": "threedgen.guidance.ism:ISMGuidance",
         "sdi": "threedgen.guidance.sdi:SDIGuidance",
         "disds": "threedgen.guidance.disds:DISDSGuidance",
+        "reward": "threedgen.guidance.reward:RewardGuidance",
+        "vlm_reward": "threedgen.guidance.reward:RewardGuidance",
+    },
+    "critic": {
+        "qwen_vl": "threedgen.rewards.vlm:QwenVLCritic",
+        "clip": "threedgen.rewards.clip:ClipCritic",
+        "toy": "threedgen.rewards.toy_critic:ToyCritic",
     },
     "prompt_processor": {
         "default": "threedgen.prompts.processor:PromptProcessor",

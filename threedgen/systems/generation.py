@@ -96,8 +96,8 @@ class GenerationSystem(pl.LightningModule):
         processor = None
         for g in self.guidances:
             prior = getattr(g, "prior", None)
-            if prior is None:
-                self._bundles.append(None)
+            if prior is None:  # prior-less objectives (a reward, photometric) get the prompt's text
+                self._bundles.append(self.cfg.prompt or getattr(pp_cfg, "prompt", ""))
                 continue
             if processor is None:
                 processor = self._prompt_processor_spec.build()
