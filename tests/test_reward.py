@@ -1,6 +1,8 @@
 """Critics as differentiable rewards (issue 20): the torch preprocessing against the stock processors,
 gradients reaching the renders, start-up errors, and the reward guidance's schedule."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -135,3 +137,48 @@ def test_clip_critic_matches_the_stock_processor_and_model(tmp_path):
         i, t = (getattr(v, "pooler_output", v) for v in (i, t))
         cos = torch.nn.functional.cosine_similarity(i, t).mean()
     np.testing.assert_allclose(float(out["cos"]), float(cos), atol=1e-4)
+
+
+def _toy_views(scene, azimuths, elevation=15.0):
+    from threedgen.data.cameras import make_cameras
+    from threedgen.toy.render import render_scene
+
+    az = torch.tensor(azimuths, dtype=torch.float32)
+    cams = make_cameras(torch.full_like(az, elevation), az, 1.8, 52.5, 32, 32)
+    return render_scene([scene] * len(az), cams)["rgb"], cams
+
+
+def test_toy_critic_prefers_the_prompted_object_and_the_right_view():
+    from threedgen.toy import world as W
+
+    critic = _critic("toy")
+    rgb, cams = _toy_views(W.ToyScene("cube", "red"), [0, 90, 180, -90])
+    right = critic(rgb, "a red cube", cams)
+    assert float(critic(rgb, "a red sphere", cams)["loss"]) > float(right["loss"]) + 1
+    assert float(critic(rgb, "a blue cube", cams)["loss"]) > float(right["loss"]) + 1
+    dot, cams = _toy_views(W.ToyScene("sphere", "blue", marker=True), [0, 180])
+    back_as_front = replace(cams, azimuth=cams.azimuth.flip(0))  # the same renders, told they were seen from the other side
+    honest = critic(dot, "a blue sphere with a white dot", cams)
+    swapped = critic(dot, "a blue sphere with a white dot", back_as_front)
+    assert float(swapped["loss"]) > float(honest["loss"]) + 1 and float(honest["p_view"]) > 0.5
+    x = rgb.clone().requires_grad_(True)
+    _, cams = _toy_views(W.ToyScene("cube", "red"), [0, 90, 180, -90])
+    critic(x, "a red sphere", cams)["loss"].backward()
+    assert x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="toy-world prompts only"):
+        critic(rgb, "a red dragon", cams)
+
+
+def test_reward_guidance_stops_after_until_step_and_resizes():
+    from threedgen.guidance.base import GuidanceInput
+    from threedgen.toy import world as W
+
+    rgb, cams = _toy_views(W.ToyScene("cube", "red"), [0, 90])
+    g = build_module("guidance", {"name": "reward", "critic": {"name": "toy"}, "until_step": 5, "resolution": 48})
+    x = rgb.clone().requires_grad_(True)
+    out = g(GuidanceInput(rgb=x, cameras=cams), "a red sphere", 4)
+    assert float(out["loss_reward"]) > 1 and out["loss_reward"].requires_grad
+    late = g(GuidanceInput(rgb=x, cameras=cams), "a red sphere", 5)
+    assert float(late["loss_reward"]) == 0 and not late["loss_reward"].requires_grad
+    with pytest.raises((ValueError, ConfigError), match="resolution must be >= 0"):
+        build_module("guidance", {"name": "reward", "critic": {"name": "toy"}, "resolution": -1})

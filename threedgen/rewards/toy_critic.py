@@ -3,7 +3,7 @@
 Per view: ``-log p(shape) - log p(colour)`` of the prompt's object under the classifier's heads, plus,
 for prompts with a front marker, ``-log p(view)`` of the view the camera really has (front, side,
 back, overhead by ``threedgen/prompts/views.py``), which penalises a marker seen from behind (Janus).
-The loss is the mean over views. ``assets/toy-prior/critic`` is a classifier trained with a different
+The loss is the mean over views. ``assets/toy-critic`` is a classifier trained with a different
 seed and width from the one ToyBench judges with (``assets/toy-prior/classifier``), so a reward
 recipe is not scored by the very network it optimised against.
 """
@@ -24,7 +24,7 @@ from .base import Critic, shared_model
 class ToyCritic(Critic):
     @dataclass
     class Config:
-        model: str = "assets/toy-prior/critic"
+        model: str = "assets/toy-critic"
         """A classifier folder written by ``python -m threedgen.toy.classifier`` (config.json + model.safetensors)."""
         view_weight: float = 1.0
         """Weight of the view term on marker prompts (0: shape and colour only)."""
