@@ -51,3 +51,26 @@ def test_missing_folder_one_line_exit_2(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0]
+
+
+def test_share_of_correct_objects():
+    from threedgen.toy.claims import correct
+
+    good = {"prompt": "a red cube", "iou": 0.8, "colour_err": 0.05, "cls_acc": 1.0, "janus": float("nan")}
+    assert correct(good) == 1.0
+    assert correct({**good, "iou": 0.59}) == 0.0 and correct({**good, "colour_err": 0.2}) == 0.0
+    assert correct({**good, "cls_acc": 0.25}) == 0.0
+    dot = {**good, "prompt": "a red cube with a white dot"}
+    assert correct({**dot, "janus": 0.125}) == 1.0 and correct({**dot, "janus": 0.5}) == 0.0
+
+
+def test_reward_claim_counts_correct_runs(tmp_path):
+    d = tmp_path / "rows"
+    d.mkdir()
+    rows = []
+    for s in range(6):
+        rows.append(_row(d, "toy-sds-reward-nerf", "a red cube", s, 0, iou=0.8, cls_acc=1.0))
+        rows.append(_row(d, "toy-sds-nerf", "a red cube", s, 0, iou=0.8 if s == 0 else 0.5, cls_acc=1.0))
+    (claim,) = [c for c in CLAIMS if c.metric == "correct" and c.prompts == "shapes"]
+    e = evaluate(rows, d, claim)
+    assert e["n"] == 6 and e["recipe"] == 1.0 and np.isclose(e["baseline"], 1 / 6) and e["verdict"] == "holds"

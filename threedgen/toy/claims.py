@@ -54,6 +54,10 @@ CLAIMS = (
           "shapes"),
     Claim("LucidDreamer (ISM)", "ISM avoids SDS's over-smoothing: higher fidelity", "toy-ism-nerf", "toy-sds-nerf", "iou",
           "higher", "shapes"),
+    Claim("VLM3D (toy critic)", "the critic's reward makes more objects match the prompt", "toy-sds-reward-nerf",
+          "toy-sds-nerf", "correct", "higher", "shapes"),
+    Claim("VLM3D (toy critic)", "the critic's reward makes more objects match the prompt, front included", "toy-sds-reward-nerf",
+          "toy-sds-nerf", "correct", "higher", "markers"),
 )
 NOT_TESTABLE = (
     ("ProlificDreamer (VSD)", "diversity across particles", "needs system.particles > 1 runs, which the table does not have"),
@@ -70,9 +74,21 @@ def strip(rows_dir: Path, row: dict) -> np.ndarray:
     return np.asarray(Image.open(rows_dir / f"{job_key(row['recipe'], row['prompt'], row['seed'])}.png").convert("RGB"), np.float32) / 255.0
 
 
+def correct(row: dict) -> float:
+    """1 when a run made the prompt's object: silhouette IoU >= 0.6, colour error <= 0.12, the judge
+    classifier names its shape and colour in at least half the views and, on marker prompts, the
+    marker is where it belongs in at least 80% of them (Janus <= 0.2); else 0."""
+    ok = row["iou"] >= 0.6 and row["colour_err"] <= 0.12 and row.get("cls_acc", 0.0) >= 0.5
+    if "with a white dot" in row["prompt"]:
+        ok = ok and row["janus"] <= 0.2
+    return float(ok)
+
+
 def per_prompt_values(rows: list[dict], rows_dir: Path, recipe: str, metric: str, markers: bool) -> dict:
     """{(prompt, seed) or prompt: value} for one recipe's runs of the chosen prompt kind."""
     mine = [r for r in rows if r["recipe"] == recipe and (("with a white dot" in r["prompt"]) == markers)]
+    if metric == "correct":
+        return {(r["prompt"], r["seed"]): correct(r) for r in mine}
     if metric != "seed_diversity":
         return {(r["prompt"], r["seed"]): float(r[metric]) for r in mine if not math.isnan(float(r[metric]))}
     out = {}
