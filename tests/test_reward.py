@@ -110,6 +110,13 @@ def test_vlm_critic_config_errors(qwen, cfg, needle):
         _critic("qwen_vl", model=str(qwen), **cfg)
 
 
+def test_vlm_reward_refuses_a_render_size_the_vlm_cannot_take(qwen):
+    g = build_module("guidance", {"name": "vlm_reward", "critic": {"name": "qwen_vl", "model": str(qwen)}})
+    g.check_render_size(64, 64)
+    with pytest.raises(ValueError, match="aspect ratio is above 200"):
+        g.check_render_size(2, 512)
+
+
 def test_vlm_folder_without_processor_or_chat_template_is_refused(tmp_path):
     no_proc = tiny_critics.build_qwen_vl(tmp_path / "a", processor=False)
     with pytest.raises(ValueError, match="no preprocessor_config.json"):

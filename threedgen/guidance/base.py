@@ -33,6 +33,9 @@ class Guidance(nn.Module):
     def forward(self, inp: GuidanceInput, prompts, step: int) -> dict:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def check_render_size(self, height: int, width: int) -> None:
+        """Called once at start-up with the render size: raise ValueError if the objective cannot take it."""
+
     def update_step(self, epoch: int, step: int) -> None:
         """Re-evaluate scheduled hyper-parameters; called once per step before ``forward``."""
 

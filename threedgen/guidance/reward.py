@@ -35,6 +35,12 @@ class RewardGuidance(Guidance):
         self.cfg = cfg
         self.critic = cfg.critic.build()
 
+    def check_render_size(self, height: int, width: int) -> None:
+        r = self.cfg.resolution
+        check = getattr(self.critic, "check_image_size", None)
+        if check is not None:
+            check(*((r, r) if r else (height, width)))
+
     def forward(self, inp: GuidanceInput, prompts, step: int) -> dict:
         if 0 <= self.cfg.until_step <= step:
             return {"loss_reward": torch.zeros((), device=inp.rgb.device)}

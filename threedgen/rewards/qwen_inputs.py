@@ -68,7 +68,8 @@ def target_size(height: int, width: int, spec: VisionSpec) -> tuple[int, int]:
     """The processor's ``smart_resize``: sides multiples of ``spec.factor``, pixels within the range."""
     f = spec.factor
     if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"a {height}x{width} image cannot be shown to the VLM: aspect ratio above 200")
+        raise ValueError(f"a {height}x{width} image cannot be shown to the VLM: its aspect ratio is above 200 (the Qwen2-VL "
+                         "image processor's limit); render closer to square or set the reward's resolution")
     h, w = round(height / f) * f, round(width / f) * f
     if h * w > spec.max_pixels:
         beta = math.sqrt(height * width / spec.max_pixels)

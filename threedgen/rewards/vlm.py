@@ -78,6 +78,10 @@ class QwenVLCritic(Critic):
             _enable_checkpointing(model)
         self._ids: dict[tuple, torch.Tensor] = {}
 
+    def check_image_size(self, height: int, width: int) -> None:
+        """ValueError when a ``height x width`` view has no size in multiples of 28 the VLM takes."""
+        Q.target_size(height, width, self.spec)
+
     def question(self, prompt: str) -> str:
         return self.cfg.question.format(prompt=prompt, yes=self.cfg.yes, no=self.cfg.no)
 

@@ -77,6 +77,8 @@ class GenerationSystem(pl.LightningModule):
         )
         self.background = cfg.background.build()
         self.guidances = torch.nn.ModuleList([g.build() for g in cfg.guidance])
+        for g in self.guidances:  # e.g. a VLM critic that cannot take the render's aspect ratio
+            g.check_render_size(int(cameras.height(0)), int(cameras.width(0)))
         self.regularisers = torch.nn.ModuleList([r.build() for r in cfg.regularisers])
         self.guidance_weights = [g.weight for g in cfg.guidance]
         self.regulariser_weights = [r.weight for r in cfg.regularisers]
