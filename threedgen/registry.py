@@ -75,6 +75,7 @@ _BUILTIN = {
         "nerf": "threedgen.representations.nerf:NeRF",
         "dmtet": "threedgen.representations.dmtet:DMTet",
         "gaussians": "threedgen.representations.gaussians:Gaussians",
+        "dynamic_gaussians": "threedgen.representations.dynamic_gaussians:DynamicGaussians",
     },
     "renderer": {
         "volume": "threedgen.renderers.volume:VolumeRenderer",
