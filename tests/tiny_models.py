@@ -313,3 +313,24 @@ def build_pixel_inpaint(path, seed: int = 0, sample_size: int = 16) -> Path:
         "unet": unet(7, 3, sample_size=sample_size, seed=seed), "text_encoder": clip_text_encoder(tok, seed=seed),
         "tokenizer": tok, "scheduler": sd_scheduler(), "controlnet": controlnet(3, (16,), seed=seed),
     })
+
+
+def unet3d(in_channels: int = 4, sample_size: int = 8, seed: int = 0):
+    """A text-to-video ``UNet3DConditionModel`` (zeroscope / ModelScope class; platform.md 5.4)."""
+    from diffusers import UNet3DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet3DConditionModel(
+        sample_size=sample_size, in_channels=in_channels, out_channels=in_channels, block_out_channels=(32, 64),
+        layers_per_block=1, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), cross_attention_dim=TEXT_DIM, attention_head_dim=8,
+        norm_num_groups=32,
+    ).eval()
+
+
+def build_video(path, seed: int = 0) -> Path:
+    """Latent text-to-video model in zeroscope's layout (``TextToVideoSDPipeline``): 4x8x8 latents per frame."""
+    tok = clip_tokenizer()
+    return _save(path, "TextToVideoSDPipeline", {"unet": unet3d(seed=seed), "vae": vae(seed=seed),
+                                                  "text_encoder": clip_text_encoder(tok, seed=seed), "tokenizer": tok,
+                                                  "scheduler": sd_scheduler()})

@@ -98,6 +98,7 @@ _BUILTIN = {
         "ism": "threedgen.guidance.ism:ISMGuidance",
         "sdi": "threedgen.guidance.sdi:SDIGuidance",
         "disds": "threedgen.guidance.disds:DISDSGuidance",
+        "video_sds": "threedgen.guidance.video_sds:VideoSDSGuidance",
         "reward": "threedgen.guidance.reward:RewardGuidance",
         "vlm_reward": "threedgen.guidance.reward:RewardGuidance",
     },

@@ -6,6 +6,10 @@ v-prediction), DeepFloyd IF stage I (pixel space, T5, 6 output channels of which
 epsilon) and any pixel-space UNet folder without a VAE (the toy prior in ``assets/toy-prior``).
 Its levels are the scheduler's timesteps ``0..T-1`` and ``(a_t, b_t) = (sqrt(abar_t), sqrt(1 - abar_t))``.
 
+Text-to-video UNets (``UNet3DConditionModel``: zeroscope, ModelScope; ``UNetMotionModel``: AnimateDiff)
+take ``[B,C,F,h,w]`` clips; everything else (levels, CFG, the VAE per frame) is the same, so
+``video = True`` is the only difference an objective sees.
+
 Inpainting UNets (SD inpainting: 9 input channels = noisy latent 4 + mask 1 + masked-image latent
 4; a pixel model's 7 = 3 + 1 + 3) are recognised by ``in_channels = 2 C + 1`` and read
 ``Conditioning.mask``/``masked``; a ControlNet (``PriorConfig.controlnet`` or the folder's
@@ -33,6 +37,10 @@ DDPM_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDisc
 the DDIM/DDPM scheduler of ``PriorConfig.scheduler`` can be rebuilt from."""
 
 
+VIDEO_UNETS = ("UNet3DConditionModel", "UNetMotionModel")
+"""Denoisers over ``[B,C,F,h,w]`` clips: zeroscope / ModelScope's UNet3D and AnimateDiff's motion UNet."""
+
+
 class DDPMPrior(Prior):
     """A frozen diffusers UNet with a DDPM schedule (see the module docstring)."""
 
@@ -46,6 +54,8 @@ class DDPMPrior(Prior):
         f = self._setup(cfg, device)
         self.unet = freeze(f.load(f.component_class("unet", diffusers, "UNet2DConditionModel"), "unet")).to(self._home)
         self.denoiser = self.unet
+        self.video = type(self.unet).__name__ in VIDEO_UNETS
+        """A text-to-video UNet: model inputs are ``[B,C,F,h,w]`` clips (``video_sds``)."""
         if f.has("vae"):
             self.vae = freeze(f.load(f.component_class("vae", diffusers, "AutoencoderKL"), "vae")).to(self._home)
         sched_cls = {"ddim": diffusers.DDIMScheduler, "ddpm": diffusers.DDPMScheduler}[cfg.scheduler]

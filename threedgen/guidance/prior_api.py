@@ -112,6 +112,8 @@ class Prior:
     parameterisation = "epsilon"
     targets: tuple[str, ...] = ("epsilon",)
     vae = None
+    video = False
+    """True for a text-to-video denoiser: model inputs ``[B,C,F,h,w]``."""
     denoiser: torch.nn.Module
     _text_subfolders: tuple[str, ...] = ("text_encoder", "tokenizer")
 
