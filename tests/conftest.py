@@ -82,6 +82,12 @@ def tiny_controlnet_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_video_path(tmp_path_factory):
+    """A zeroscope-layout text-to-video model: UNet3DConditionModel, VAE, CLIP text encoder."""
+    return tiny_models.build_video(tmp_path_factory.mktemp("tiny-video"))
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen_vl_path(tmp_path_factory):
     """A Qwen2.5-VL folder: model, Qwen2 tokenizer with a chat template, PIL image processor config."""
     import tiny_critics

@@ -22,6 +22,7 @@ STAND_INS = {  # hub id in a recipe -> the fixture of a tiny model of the same k
     "stable-diffusion-v1-5/stable-diffusion-inpainting": "tiny_sd_inpaint_path",
     "lllyasviel/control_v11f1p_sd15_depth": "tiny_controlnet_path",
     "Qwen/Qwen2.5-VL-7B-Instruct": "tiny_qwen_vl_path",
+    "cerspense/zeroscope_v2_576w": "tiny_video_path",
 }
 SMALL = [
     "trainer.max_steps=2", "trainer.val_every=0", "trainer.ckpt_every=1", "trainer.test_views=2",
@@ -68,7 +69,8 @@ def test_recipe_runs_two_steps_per_stage(recipe, request, tmp_path, monkeypatch)
     assert (run / "renders" / "test" / "orbit.mp4").is_file()
     assert sorted(run.rglob("last.ckpt")), "no checkpoint written"
     headers = " ".join(f.read_text().splitlines()[0] for f in run.rglob("metrics.csv"))
-    for g in raw["system"].get("guidance", []):
+    stage_guidance = [g for st in raw.get("stages") or [] for g in (st.get("system") or {}).get("guidance", [])]
+    for g in raw["system"].get("guidance", []) + stage_guidance:
         if g["name"] != "photometric":
             key = "reward" if g["name"] in ("reward", "vlm_reward") else g["name"]
             assert f"loss_{key}" in headers, (g["name"], headers)

@@ -33,6 +33,8 @@ class ModuleSpec:
     name: str
     cfg: Any
     weight: Optional[Schedule] = None
+    probability: float = 1.0
+    """Share of steps the module runs on (a weighted module: 4D-fy alternates image and video guidance)."""
 
     def build(self, *args, **kwargs):
         return registry.get(self.category, self.name)(self.cfg, *args, **kwargs)
@@ -160,9 +162,12 @@ def _module_spec(value: Any, category: str, weighted: bool, path: str, default_n
         _fail(path, f"expected a mapping with a 'name' key naming a {category}, got {value!r}")
     value = dict(value)
     name = value.pop("name")
-    weight = None
+    weight, probability = None, 1.0
     if weighted:
         weight = _convert(value.pop("weight", 1.0), Schedule, f"{path}.weight")
+        probability = _convert(value.pop("probability", 1.0), float, f"{path}.probability")
+        if not 0.0 < probability <= 1.0:
+            _fail(f"{path}.probability", f"the share of steps a module runs on must be in (0, 1], got {probability}")
     try:
         cls = registry.get(category, name)
     except registry.RegistryError as e:
@@ -170,7 +175,7 @@ def _module_spec(value: Any, category: str, weighted: bool, path: str, default_n
     cfg_cls = getattr(cls, "Config", None)
     if cfg_cls is None:
         raise TypeError(f"{cls.__qualname__} has no Config dataclass")
-    return ModuleSpec(category, name, from_dict(cfg_cls, value, path), weight)
+    return ModuleSpec(category, name, from_dict(cfg_cls, value, path), weight, probability)
 
 
 def build_module(category: str, value: Any, *args, **kwargs):
@@ -229,6 +234,8 @@ def to_plain(obj: Any) -> Any:
         out = {"name": obj.name}
         if obj.weight is not None:
             out["weight"] = obj.weight.raw
+        if obj.probability != 1.0:
+            out["probability"] = obj.probability
         out.update(to_plain(obj.cfg))
         return out
     if dataclasses.is_dataclass(obj):

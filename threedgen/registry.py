@@ -125,6 +125,8 @@ _BUILTIN = {
         "z_variance": "threedgen.representations.regularisers:ZVariance",
         "normal_consistency": "threedgen.representations.mesh_regularisers:NormalConsistency",
         "laplacian_smoothness": "threedgen.representations.mesh_regularisers:LaplacianSmoothness",
+        "motion_magnitude": "threedgen.representations.motion_regularisers:MotionMagnitude",
+        "motion_smoothness": "threedgen.representations.motion_regularisers:MotionSmoothness",
     },
 }
 for _cat, _entries in _BUILTIN.items():

@@ -38,6 +38,11 @@ class CameraConfig:
     eval_fovy: float = 55.0
     center: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """The point every camera orbits and looks at (world); a scene edit sets it to the edit box's centre."""
+    frames: int = 0
+    """4D: views per clip. 0: a static scene (cameras carry no time). F > 0: the batch is ``batch_size / F``
+    clips, each one random camera seen at times 0, 1/(F-1), ..., 1 (a video prior reads them as frames)."""
+    clip_orbit: float = 0.0
+    """4D: degrees of azimuth a clip's camera turns over its frames (0: a fixed camera per clip)."""
 
 
 @dataclass
@@ -189,16 +194,25 @@ class RandomCameraSampler:
         cfg = self.cfg
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         B = batch_size or self.batch_size(step)
+        F_ = max(1, cfg.frames)
+        if B % F_:
+            raise ValueError(f"data.batch_size {B} is not a whole number of {F_}-frame clips (data.frames); use a multiple of {F_}")
+        n = B // F_
 
         def uniform(lo_hi):
             lo, hi = lo_hi
-            return lo + (hi - lo) * torch.rand(B, generator=g)
+            v = lo + (hi - lo) * torch.rand(n, generator=g)
+            return v.repeat_interleave(F_) if F_ > 1 else v
 
         # elevation uniform in sin(el) would be area-uniform; DreamFusion samples the angle uniformly
         el, az = uniform(cfg.elevation_range), uniform(cfg.azimuth_range)
         dist, fovy = uniform(cfg.distance_range), uniform(cfg.fovy_range)
+        time = None
+        if cfg.frames:
+            time = clip_times(F_).repeat(n)
+            az = az + cfg.clip_orbit * (time - 0.5)
         W, H = self.resolution(step)
-        cams = make_cameras(el, az, dist, fovy, W, H, center=_center(cfg))
+        cams = make_cameras(el, az, dist, fovy, W, H, time=time, center=_center(cfg))
         cam_dir = (cams.c2w[:, :3, 3] - torch.tensor(cfg.center, dtype=torch.float32)) / cams.distance[:, None]
         if cfg.light == "dreamfusion":
             ld = cam_dir + cfg.light_perturb * torch.randn(B, 3, generator=g) * 0.5
@@ -212,6 +226,11 @@ class RandomCameraSampler:
         return cams
 
 
+def clip_times(frames: int) -> torch.Tensor:
+    """Normalised times of a clip's frames: 0, 1/(F-1), ..., 1 (a single frame is at 0)."""
+    return torch.linspace(0.0, 1.0, frames) if frames > 1 else torch.zeros(1)
+
+
 def _center(cfg: CameraConfig):
     """``cfg.center`` as a tensor, or None at the origin (keeps the default cameras bit-identical)."""
     return None if not any(cfg.center) else torch.tensor(cfg.center, dtype=torch.float32)
@@ -222,9 +241,12 @@ def fixed_light(cfg: CameraConfig, n: int) -> torch.Tensor:
     return (d / d.norm()).expand(n, 3).contiguous()
 
 
-def orbit_cameras(cfg: CameraConfig, n_views: int, resolution: int, elevation: Optional[float] = None) -> CameraBatch:
-    """Evenly spaced views around the object (azimuth from 0 = front), for test videos and benchmarks."""
+def orbit_cameras(cfg: CameraConfig, n_views: int, resolution: int, elevation: Optional[float] = None,
+                  time: Optional[torch.Tensor] = None) -> CameraBatch:
+    """Evenly spaced views around the object (azimuth from 0 = front), for test videos and benchmarks;
+    ``time`` [n_views] gives each view a time (a moving scene's orbit through time)."""
     az = torch.arange(n_views, dtype=torch.float32) * (360.0 / n_views)
     el = cfg.eval_elevation if elevation is None else elevation
     light = fixed_light(cfg, n_views) if cfg.light == "fixed" else None
-    return make_cameras(el, az, cfg.eval_distance, cfg.eval_fovy, resolution, resolution, light_dir=light, center=_center(cfg))
+    return make_cameras(el, az, cfg.eval_distance, cfg.eval_fovy, resolution, resolution, light_dir=light, time=time,
+                        center=_center(cfg))

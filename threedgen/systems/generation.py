@@ -81,6 +81,10 @@ class GenerationSystem(pl.LightningModule):
             g.check_render_size(int(cameras.height(0)), int(cameras.width(0)))
         self.regularisers = torch.nn.ModuleList([r.build() for r in cfg.regularisers])
         self.guidance_weights = [g.weight for g in cfg.guidance]
+        self.guidance_probabilities = [g.probability for g in cfg.guidance]
+        self._seed = seed
+        if cameras.frames:  # a 4D batch must be whole clips: say so now, not at the first step
+            self.sampler.sample(0)
         self.regulariser_weights = [r.weight for r in cfg.regularisers]
         self.regulariser_names = [r.name for r in cfg.regularisers]
         self._prompt_processor_spec = cfg.prompt_processor
@@ -186,6 +190,15 @@ class GenerationSystem(pl.LightningModule):
         """What the guidances see of this step's renders (a scene edit adds its edit mask)."""
         return GuidanceInput(rgb=out.rgb, cameras=cameras, alpha=out.alpha, depth=out.depth, normal=out.normal)
 
+    def guidance_runs(self, i: int, step: int) -> bool:
+        """Whether guidance ``i`` runs on ``step`` (its ``probability``): a pure function of (seed, step,
+        i), so a resumed run makes the same choices."""
+        p = self.guidance_probabilities[i]
+        if p >= 1.0:
+            return True
+        g = torch.Generator().manual_seed((self._seed * 1_000_003 + step) * 31 + i + 7)
+        return bool(torch.rand((), generator=g) < p)
+
     def training_step(self, batch, batch_idx):
         self.prepare_prompts()
         step = self.global_step
@@ -194,6 +207,8 @@ class GenerationSystem(pl.LightningModule):
         total = torch.zeros((), device=self.device)
         logs: dict[str, float] = {}
         for i, (g, w_sched, bundle) in enumerate(zip(self.guidances, self.guidance_weights, self._bundles)):
+            if not self.guidance_runs(i, step):
+                continue
             res = g(inp, bundle, step)
             w = w_sched(step)
             prefix = f"g{i}/" if len(self.guidances) > 1 else ""
@@ -215,6 +230,8 @@ class GenerationSystem(pl.LightningModule):
             total = total + w * v
             logs[f"train/reg_{name}"] = float(v.detach())
             logs[f"train/w_reg_{name}"] = w
+        if not total.requires_grad:  # every guidance skipped this step (probabilities) and no regulariser
+            total = total + 0.0 * out.rgb.sum()
         logs["train/loss"] = float(total.detach())
         logs["train/alpha_mean"] = float(out.alpha.detach().mean())
         self._particle_renders = parts
