@@ -1,5 +1,5 @@
 """Video SDS: score distillation through a text-to-video prior, for scenes that move (4D-fy, Dream-in-4D;
-``../shared/notes/guidance-objectives.md`` §10).
+``docs/4d.md``).
 
 The batch is ``clips x frames`` renders, consecutive ``frames`` views forming one clip (one camera or a
 slow orbit, times increasing; the 4D system samples them so). Per step::

@@ -1,9 +1,9 @@
 """Regularisers of a moving scene (``dynamic_gaussians.py``): small motion and smooth motion.
 
 Video SDS alone lets a scene move wherever the video prior is unsure; 4D-fy and Dream-in-4D weight a
-deformation penalty strongly (``λ_deformation`` 100-1000, ``../shared/notes/guidance-objectives.md``
-§10). ``motion_magnitude`` is the mean squared displacement of the canonical centres at the batch's
-times; ``motion_smoothness`` the field's own time smoothness (``HexPlaneField.smoothness``).
+deformation penalty strongly (``λ_deformation`` 100-1000, ``docs/4d.md``). ``motion_magnitude`` is
+the mean squared displacement of the canonical centres at the batch's times; ``motion_smoothness``
+the field's own time smoothness (``HexPlaneField.smoothness``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """CLIP as a differentiable critic: ``loss = 1 - cos(image embedding, text embedding)`` per view, averaged.
 
-The cheaper reward of ``../shared/notes/guidance-objectives.md`` §9.4 (DreamFields, VP3D's CLIP
+The cheaper reward of ``docs/rewards.md`` (DreamFields, VP3D's CLIP
 variant). The image goes through the processor's steps in torch so the gradient reaches the renders:
 resize the short side (bicubic, antialiased), centre crop, normalise with the processor's mean and std.
 """

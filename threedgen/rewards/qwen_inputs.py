@@ -1,7 +1,7 @@
 """Qwen2-VL / Qwen2.5-VL inputs built in torch, so a reward's gradient reaches the renders.
 
 The stock image processor goes through NumPy/PIL and detaches; this module does the same steps on
-tensors (``../shared/notes/guidance-objectives.md`` §9.1 describes them):
+tensors (``docs/rewards.md`` describes them):
 
 1. ``target_size``: the processor's ``smart_resize`` — each side rounded to a multiple of
    ``patch_size * merge_size`` (28), the pixel count kept within ``[min_pixels, max_pixels]``;

@@ -1,4 +1,4 @@
-"""A vision-language model as a differentiable critic (VLM3D; ``../shared/notes/guidance-objectives.md`` §9).
+"""A vision-language model as a differentiable critic (VLM3D; ``docs/rewards.md``).
 
 A frozen Qwen2.5-VL (or Qwen2-VL) Instruct model sees every view of the batch in one user message
 followed by a question that asks whether the object matches the prompt and is geometrically sound,
