@@ -312,9 +312,15 @@ class ExportConfig:
     roughness: float = 0.9
     splat_axes: Literal["rdf", "rub"] = "rdf"
     """Frame of gaussians.ply / .splat: rdf = INRIA/COLMAP (what splat viewers expect), rub = world (+Y up)."""
+    frames: int = 16
+    """A moving scene: frames of the exported sequence and of the animated GLB, over times 0 to 1."""
+    fps: float = 8.0
+    """A moving scene: playback rate of the animated GLB (the manifest records it too)."""
 
     def __post_init__(self):
         checks = [
+            ("frames", 2 <= self.frames <= 1000, "an int in [2, 1000]"),
+            ("fps", 0.0 < self.fps <= 240.0, "frames per second in (0, 240]"),
             ("resolution", 16 <= self.resolution <= 1024, "an int in [16, 1024]"),
             ("views", 6 <= self.views <= 512, "an int in [6, 512]"),
             ("view_resolution", 32 <= self.view_resolution <= 2048, "an int in [32, 2048]"),

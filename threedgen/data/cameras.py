@@ -250,3 +250,11 @@ def orbit_cameras(cfg: CameraConfig, n_views: int, resolution: int, elevation: O
     light = fixed_light(cfg, n_views) if cfg.light == "fixed" else None
     return make_cameras(el, az, cfg.eval_distance, cfg.eval_fovy, resolution, resolution, light_dir=light, time=time,
                         center=_center(cfg))
+
+
+def still_cameras(cfg: CameraConfig, times: torch.Tensor, resolution: int, azimuth: float = 0.0) -> CameraBatch:
+    """One fixed evaluation view (the front by default) at each of ``times``: a moving scene seen still."""
+    n = len(times)
+    light = fixed_light(cfg, n) if cfg.light == "fixed" else None
+    return make_cameras(cfg.eval_elevation, torch.full((n,), float(azimuth)), cfg.eval_distance, cfg.eval_fovy, resolution,
+                        resolution, light_dir=light, time=times, center=_center(cfg))

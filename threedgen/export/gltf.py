@@ -90,8 +90,14 @@ class GlbBuilder:
         ])
 
 
-def textured_mesh_glb(positions, normals, uv, faces, png: bytes, metallic: float, roughness: float, name: str = "model") -> bytes:
-    """Indexed triangles with POSITION, NORMAL, TEXCOORD_0 and a PBR material with an sRGB base-colour texture."""
+def textured_mesh_glb(positions, normals, uv, faces, png: bytes, metallic: float, roughness: float, name: str = "model",
+                      morphs=None, times=None) -> bytes:
+    """Indexed triangles with POSITION, NORMAL, TEXCOORD_0 and a PBR material with an sRGB base-colour texture.
+
+    ``morphs`` (a list of ``[V,3]`` position offsets, one per frame after the first) and ``times``
+    (seconds, one per frame) add vertex animation: one morph target per later frame and an animation
+    whose weights sampler goes from all-zero (frame 0, the base mesh) to target k alone at frame k,
+    interpolated linearly in between (glTF 2.0 §3.7.2.2 morph targets, §3.11 animations)."""
     b = GlbBuilder()
     prim = {
         "attributes": {
@@ -112,5 +118,22 @@ def textured_mesh_glb(positions, normals, uv, faces, png: bytes, metallic: float
             "roughnessFactor": float(roughness),
         },
     }]
+    if morphs:
+        _add_morph_animation(b, prim, morphs, times)
     b.mesh_node(prim, name)
+    if morphs:
+        b.gltf["meshes"][0]["weights"] = [0.0] * len(morphs)
     return b.to_bytes()
+
+
+def _add_morph_animation(b: GlbBuilder, prim: dict, morphs, times) -> None:
+    if times is None or len(times) != len(morphs) + 1:
+        raise ValueError(f"an animated mesh needs one time per frame: {len(morphs) + 1} frames, got {None if times is None else len(times)} times")
+    prim["targets"] = [{"POSITION": b.accessor(np.asarray(d, np.float32), min_max=True)} for d in morphs]
+    K = len(morphs)
+    weights = np.zeros((K + 1, K), np.float32)
+    weights[np.arange(1, K + 1), np.arange(K)] = 1.0  # frame 0: the base mesh; frame k: target k-1 alone
+    t = b.accessor(np.asarray(times, np.float32), target=None, min_max=True)
+    w = b.accessor(weights.reshape(-1), target=None)
+    b.gltf["animations"] = [{"name": "motion", "samplers": [{"input": t, "output": w, "interpolation": "LINEAR"}],
+                             "channels": [{"sampler": 0, "target": {"node": 0, "path": "weights"}}]}]

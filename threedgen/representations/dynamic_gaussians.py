@@ -49,6 +49,15 @@ class DynamicGaussians(Gaussians):
     def at_time(self, t: float) -> "_AtTime":
         return _AtTime(self, self.deformed(t))
 
+    @torch.no_grad()
+    def frozen_at(self, t: float) -> Gaussians:
+        """A plain ``Gaussians`` holding the scene at time ``t`` (exports, per-frame meshes)."""
+        g = Gaussians(self.cfg)
+        g.params = torch.nn.ParameterDict({k: torch.nn.Parameter(v.detach().clone(), requires_grad=False)
+                                           for k, v in self.deformed(t).items()})
+        g.active_sh_degree = self.active_sh_degree
+        return g.to(self.params["means"].device)
+
     def motion(self, t: torch.Tensor) -> torch.Tensor:
         """Displacements ``[T,N,3]`` of every canonical centre at times ``t`` [T] (regularisers, exports)."""
         return torch.stack([self.deformation(self.params["means"], float(x))["dx"] for x in t])

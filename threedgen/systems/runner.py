@@ -255,6 +255,17 @@ def test_renders(system, cfg: RunConfig, run_dir: Path) -> Path:
         save_png(folder / f"frame{i:03d}.png", f)
     save_video(folder / "orbit.mp4", frames)
     save_png(folder / "orbit.png", make_grid([list(rgb[: len(rgb) // 2]), list(rgb[len(rgb) // 2 :])]))
+    if hasattr(system.representation, "at_time"):  # a moving scene: an orbit through time, and time from the front
+        from ..data.cameras import clip_times, still_cameras
+
+        n = len(cams)
+        t = (torch.arange(n, dtype=torch.float32) * 2 / max(n - 1, 1)) % 1.0  # two passes through time per orbit
+        orbit = torch.cat([o.rgb for o in system.render_views(orbit_cameras(cfg.data, n, cfg.trainer.test_resolution, time=t))])
+        save_video(folder / "orbit_time.mp4", [to_uint8(im) for im in orbit.cpu()])
+        front = still_cameras(cfg.data, clip_times(cfg.export.frames), cfg.trainer.test_resolution)
+        still = torch.cat([o.rgb for o in system.render_views(front)]).cpu()
+        save_video(folder / "time_front.mp4", [to_uint8(im) for im in still])
+        save_png(folder / "time_front.png", make_grid([list(still)]))
     if hasattr(system, "before_after"):  # a scene edit: the scene before and after, side by side
         before, after = system.before_after(cams)
         save_video(folder / "before_after.mp4", [to_uint8(torch.cat([b, a], -1)) for b, a in zip(before, after)])
@@ -278,6 +289,12 @@ def export(system, cfg: RunConfig, run_dir: Path) -> list[Path]:
     folder = run_dir / "export"
     check_writable(folder)  # before minutes of meshing
     rep = system.representation
+    if hasattr(rep, "frozen_at"):  # a moving scene: frame 0's files, an animated GLB and the frame sequence
+        from ..export.animation import animation_files
+
+        files, frames = animation_files(rep, cfg.export, lambda t: scene_render(system, rep.frozen_at(t)),
+                                        cfg.export.frames, cfg.export.fps)
+        return write_files(folder, files) + write_files(folder / "frames", frames)
     if hasattr(system, "object_alone"):  # a scene edit: no mesh of a whole captured scene
         files = encode_representation(rep, cfg, None, mesh=False)
         obj = system.object_alone()
