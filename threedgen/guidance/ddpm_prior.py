@@ -127,8 +127,11 @@ class DDPMPrior(Prior):
                                 controlnet_cond=cond.control.to(dev, net.dtype), conditioning_scale=self.cfg.controlnet_scale,
                                 return_dict=False)
             kw = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        emb = cond.emb
+        if self.video and type(self.unet).__name__ == "UNetMotionModel":  # it reads one embedding per frame
+            emb = emb.repeat_interleave(x.shape[2], 0)
         with self._running(self.denoiser) as unet:
-            return unet(x.to(dev, unet.dtype), t, encoder_hidden_states=cond.emb.to(dev, unet.dtype), **kw).sample
+            return unet(x.to(dev, unet.dtype), t, encoder_hidden_states=emb.to(dev, unet.dtype), **kw).sample
 
     # ---- text -------------------------------------------------------------------------------
 

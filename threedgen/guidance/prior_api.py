@@ -236,18 +236,25 @@ class Prior:
 
     @torch.no_grad()
     def sample(self, cond, uncond=None, guidance_scale: ScaleLike = 1.0, n_steps: int = 50,
-               generator: Optional[torch.Generator] = None, x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
+               generator: Optional[torch.Generator] = None, x_T: Optional[torch.Tensor] = None, frames: int = 0) -> torch.Tensor:
         """Deterministic text-to-image sampling (DDIM, or Euler for a flow prior) over ``n_steps``
         evenly spaced levels -> images ``[B,3,H,W]`` in [0,1]; for looking at a prior, not used by
-        the objectives. ``cond`` sets the batch size."""
+        the objectives. ``cond`` sets the batch size. A video prior samples ``frames``-frame clips
+        ``[B,3,F,H,W]`` (pixel priors; a latent video is decoded frame by frame)."""
         cond = as_conditioning(cond)
         B = len(cond)
-        shape = (B, self.latent_channels, self.latent_resolution, self.latent_resolution)
+        R = self.latent_resolution
+        shape = (B, self.latent_channels, frames, R, R) if self.video else (B, self.latent_channels, R, R)
+        if self.video and frames < 1:
+            raise ValueError("sampling a video prior needs frames >= 1")
         x = x_T if x_T is not None else torch.randn(shape, generator=generator).to(self.device)
         ts = torch.linspace(self.levels.n - 1, 0, int(n_steps)).round().long().tolist() + [CLEAN]
         for cur, nxt in zip(ts[:-1], ts[1:]):
             pred, _ = self.predict_maybe_guided(x, cur, cond, uncond, guidance_scale)
             x = self.ddim_step(x, cur, nxt, pred.eps, x0=pred.x0)
+        if self.video:
+            img = self.decode(x.transpose(1, 2).reshape(-1, x.shape[1], *x.shape[3:]))
+            return img.reshape(B, frames, 3, *img.shape[-2:]).transpose(1, 2)
         return self.decode(x)
 
     # ---- images <-> model space -------------------------------------------------------------

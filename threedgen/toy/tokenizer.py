@@ -63,11 +63,11 @@ def learn_merges(words) -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
-def build_tokenizer():
-    """Word-level CLIPTokenizer over ``world.VOCABULARY`` (padding with EOS to 77 tokens, like SD)."""
+def build_tokenizer(words=VOCABULARY):
+    """Word-level CLIPTokenizer over ``words`` (default ``world.VOCABULARY``; padding with EOS to 77 tokens, like SD)."""
     from transformers import CLIPTokenizer
 
-    vocab, merges = learn_merges(VOCABULARY)
+    vocab, merges = learn_merges(words)
     return CLIPTokenizer(
         vocab=vocab,
         merges=[tuple(m) for m in merges],

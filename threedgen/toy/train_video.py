@@ -1,0 +1,228 @@
+"""Train the toy video prior: the toy image prior inflated with motion modules (AnimateDiff's
+``UNetMotionModel``) and taught the toy motions (``video_dataset.py``).
+
+    python -m threedgen.toy.train_video --base assets/toy-prior --out assets/toy-video --steps 1500 --threads 1
+
+Why inflate rather than train a video model from scratch: the image prior already knows every toy object
+at 32²; a ``UNetMotionModel`` built from it with its motion modules' output projections at zero starts
+as exactly the image prior applied per frame (``tests/test_toy_video.py``), so a CPU budget is spent
+only on motion. Trained: the motion modules, the cross-attention layers (so the new words reach the
+frames) and the token embeddings of the motion words, which the tokenizer adds to the toy vocabulary
+(every old word keeps its embedding). Resumable (``--resume``), checkpointed every few minutes, with
+the EMA weights exported at each checkpoint; progress shows the rate and the ETA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from . import world as W
+from .train_prior import _atomic_save, _ema_update, build_scheduler, loss_weights, lr_at
+from .video_dataset import FRAMES, MOTION_WORDS, load_clip_dataset
+
+
+def motion_unet_from(base_unet):
+    """A ``UNetMotionModel`` equal to ``base_unet`` per frame: motion modules whose output projections are 0."""
+    from diffusers import MotionAdapter, UNetMotionModel
+
+    c = base_unet.config
+    adapter = MotionAdapter(block_out_channels=tuple(c.block_out_channels), motion_layers_per_block=c.layers_per_block,
+                            motion_mid_block_layers_per_block=1, motion_num_attention_heads=2,
+                            motion_norm_num_groups=c.norm_num_groups, motion_max_seq_length=32, use_motion_mid_block=True)
+    unet = UNetMotionModel.from_unet2d(base_unet, adapter)
+    for name, mod in unet.named_modules():
+        if "motion_modules" in name and name.endswith("proj_out"):
+            torch.nn.init.zeros_(mod.weight)
+            torch.nn.init.zeros_(mod.bias)
+    return unet
+
+
+def extend_text_side(base: Path):
+    """The toy tokenizer over the vocabulary plus ``MOTION_WORDS`` and the toy text encoder with its token
+    table re-indexed to it (old words keep their rows; new words start at the mean row). Returns
+    ``(tokenizer, text_encoder, new_token_ids)``."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from .tokenizer import build_tokenizer
+
+    old_tok = CLIPTokenizer.from_pretrained(base / "tokenizer")
+    te = CLIPTextModel.from_pretrained(base / "text_encoder")
+    tok = build_tokenizer(tuple(W.VOCABULARY) + MOTION_WORDS)
+    old = te.get_input_embeddings().weight.detach()
+    table = old.mean(0, keepdim=True).repeat(len(tok), 1)
+    old_vocab = old_tok.get_vocab()
+    new_ids = []
+    for token, i in tok.get_vocab().items():
+        if token in old_vocab:
+            table[i] = old[old_vocab[token]]
+        else:
+            new_ids.append(i)
+    te.resize_token_embeddings(len(tok))
+    with torch.no_grad():
+        te.get_input_embeddings().weight.copy_(table)
+    te.config.bos_token_id, te.config.eos_token_id, te.config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    return tok, te, new_ids
+
+
+def save_video_prior(out: Path, base: Path, unet, text_encoder, tokenizer, extra: dict) -> None:
+    import diffusers
+
+    from .tokenizer import learn_merges
+
+    out.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
+    tokenizer.save_pretrained(out / "tokenizer")
+    vocab, merges = learn_merges(tuple(W.VOCABULARY) + MOTION_WORDS)
+    (out / "tokenizer" / "vocab.json").write_text(json.dumps(vocab, indent=0))
+    (out / "tokenizer" / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    shutil.copytree(base / "scheduler", out / "scheduler", dirs_exist_ok=True)
+    index = {"_class_name": "AnimateDiffPipeline", "_diffusers_version": diffusers.__version__,
+             "unet": ["diffusers", "UNetMotionModel"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDIMScheduler"], "vae": [None, None]}
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (out / "training.json").write_text(json.dumps(extra, indent=2) + "\n")
+
+
+def trainable(unet, text_encoder) -> list[torch.nn.Parameter]:
+    """Motion modules, cross-attention layers and the token table (its old rows are masked in training)."""
+    ps = [p for n, p in unet.named_parameters() if "motion_modules" in n or ".attn2." in n]
+    return ps + [text_encoder.get_input_embeddings().weight]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", default="assets/toy-prior")
+    ap.add_argument("--out", default="assets/toy-video")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--max-minutes", type=float, default=None)
+    ap.add_argument("--batch-size", type=int, default=4, help="clips per step")
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--ema", type=float, default=0.995)
+    ap.add_argument("--min-snr-gamma", type=float, default=5.0)
+    ap.add_argument("--clips-per-pair", type=int, default=8, help="clips per (toy scene, motion) pair")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--cache-dir", default=".cache")
+    ap.add_argument("--ckpt-minutes", type=float, default=4.0)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    from diffusers import UNet2DConditionModel
+    from tqdm import tqdm
+
+    from .tokenizer import tokenize
+
+    torch.set_num_threads(args.threads)
+    base, out = Path(args.base), Path(args.out)
+    if not (base / "unet").is_dir():
+        raise SystemExit(f"--base {base}: not a toy prior folder (no unet/)")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(out.resolve()).strip("/"))
+    ckpt_path = Path(args.cache_dir) / "train_video" / slug / "checkpoint.pt"
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    ds = load_clip_dataset(args.cache_dir, args.clips_per_pair, seed=args.seed)
+    clips = ds["clips"].float().div_(127.5).sub_(1.0)
+    print(f"toy clips: {len(clips)} of {FRAMES} frames ({time.time() - t0:.0f} s incl. rendering if not cached)", flush=True)
+    tok, te, new_ids = extend_text_side(base)
+    captions = sorted(set(ds["captions"]))
+    cap_index = torch.tensor([1 + captions.index(c) for c in ds["captions"]])
+    ids = tokenize(tok, [""] + captions)
+    unet = motion_unet_from(UNet2DConditionModel.from_pretrained(base / "unet"))
+    unet.requires_grad_(False)
+    te.requires_grad_(False)
+    params = trainable(unet, te)
+    for p in params:
+        p.requires_grad_(True)
+    old_rows = torch.ones(len(tok), 1)
+    old_rows[new_ids] = 0.0
+    te.get_input_embeddings().weight.register_hook(lambda g: g * (1 - old_rows))  # only the motion words learn
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    ema = [p.detach().clone() for p in params]
+    sched = build_scheduler()
+    acp = sched.alphas_cumprod.float()
+    step, elapsed, losses = 0, 0.0, []
+    if args.resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        with torch.no_grad():
+            for p, v in zip(params, ck["params"]):
+                p.copy_(v)
+            for e, v in zip(ema, ck["ema"]):
+                e.copy_(v)
+        opt.load_state_dict(ck["opt"])
+        step, elapsed, losses = ck["step"], ck["elapsed"], ck["losses"]
+        print(f"resumed from {ckpt_path} at step {step} ({elapsed / 60:.1f} min trained)", flush=True)
+    print(f"toy video prior: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M UNet params, "
+          f"{sum(p.numel() for p in params) / 1e6:.2f} M trained, {len(new_ids)} new tokens, batch {args.batch_size} clips", flush=True)
+
+    def export():
+        live = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                p.copy_(e)
+        recent = losses[-200:]
+        save_video_prior(out, base, unet, te, tok, dict(
+            steps=step, train_minutes=round(elapsed / 60, 2), final_loss_avg200=(sum(recent) / len(recent)) if recent else None,
+            args=vars(args), clips=len(clips), frames=FRAMES, captions=len(captions)))
+        with torch.no_grad():
+            for p, v in zip(params, live):
+                p.copy_(v)
+
+    def checkpoint():
+        _atomic_save(dict(params=[p.detach() for p in params], ema=ema, opt=opt.state_dict(), step=step, elapsed=elapsed,
+                          losses=losses, args=vars(args)), ckpt_path)
+        export()
+
+    unet.train()
+    last = time.time()
+    t_start = time.time() - elapsed
+    bar = tqdm(total=args.steps, initial=step, desc="toy video", mininterval=5.0, smoothing=0.05)
+    while step < args.steps:
+        if args.max_minutes is not None and elapsed >= args.max_minutes * 60:
+            print(f"\nstopping at step {step}: reached --max-minutes {args.max_minutes}", flush=True)
+            break
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        idx = torch.randint(0, len(clips), (args.batch_size,), generator=g)
+        x0 = clips[idx]
+        cap = torch.where(torch.rand(len(idx), generator=g) < 0.1, torch.zeros_like(idx), cap_index[idx])
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
+        a = acp[t].view(-1, 1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.lr, args.steps)
+        enc = te(ids[cap]).last_hidden_state.repeat_interleave(FRAMES, 0)
+        pred = unet(xt, t, encoder_hidden_states=enc).sample
+        w = loss_weights(t, acp, torch.zeros(len(idx), 1, 1, 1), args.min_snr_gamma, 0.0).view(-1, 1, 1, 1, 1)
+        loss = (w * (pred - noise).pow(2)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        _ema_update(ema, [p.detach() for p in params], min(args.ema, (1 + step) / (10 + step)))
+        step += 1
+        losses.append(float(loss.detach()))
+        elapsed = time.time() - t_start
+        bar.update(1)
+        if step % 10 == 0:
+            recent = losses[-100:]
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr_at(step, args.lr, args.steps):.1e}")
+        if time.time() - last > args.ckpt_minutes * 60:
+            checkpoint()
+            last = time.time()
+    bar.close()
+    checkpoint()
+    recent = losses[-200:]
+    print(f"done: {step} steps in {elapsed / 60:.1f} min ({elapsed / max(1, step):.2f} s/step incl. resumes), "
+          f"loss (mean of last {len(recent)}) {sum(recent) / max(1, len(recent)):.4f}; saved {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
