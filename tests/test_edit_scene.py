@@ -167,6 +167,27 @@ def test_object_trains_and_densifies_while_the_background_stays_bit_identical(tm
     np.testing.assert_array_equal(data["means"][rep.object.num_gaussians:].numpy(), ground_and_wall()["means"].numpy())
 
 
+def test_object_splats_are_kept_inside_the_box(tmp_path):
+    rep = edit_scene(tmp_path, object={"init": "box", "num_points": 50, "min_scale": 0.01})
+    with torch.no_grad():
+        rep.object.params["means"][:10] = torch.tensor([0.15, 0.0, 0.0])  # on a face
+        rep.object.params["means"][10:20] = torch.tensor([0.5, 0.4, 0.0])  # outside
+        rep.object.params["scales"].fill_(float(torch.tensor(0.08).log()))  # far wider than the box allows
+    ren, bg = GaussianRenderer(GaussianRenderer.Config()), SolidBackground(SolidBackground.Config())
+    cams = make_cameras([15, 30, 60], [0, 90, 200], 1.2, 50, 48, 48, center=torch.tensor([0.0, -0.15, 0.0]))
+    rep.keep_inside()
+    m, s = rep.object.params["means"], rep.object.params["scales"].exp()
+    assert rep.box.contains(m, margin=-0.02 + 1e-6).all()  # 2 x min_scale in from every face
+    room = torch.minimum(m - torch.tensor(rep.box.lo), torch.tensor(rep.box.hi) - m).amin(-1)
+    assert (s.amax(-1) <= room / 3 + 1e-6).all()
+    from threedgen.edit.views import box_mask, dilate
+
+    with torch.no_grad():
+        before, after = ren(rep.without_object(), cams, bg).rgb, ren(rep, cams, bg).rgb
+    outside = 1 - dilate(box_mask(cams, rep.box), 2)
+    assert float(((before - after).abs() * outside).max()) < 0.02  # nothing of the object beyond the box's outline
+
+
 def test_object_alpha_channel_is_the_visible_object_alpha(tmp_path):
     rep = edit_scene(tmp_path)
     ren, bg = GaussianRenderer(GaussianRenderer.Config()), SolidBackground(SolidBackground.Config())
