@@ -134,3 +134,13 @@ def test_t5_prompts_for_if_prior(if_prior):
 def test_perp_neg_needs_view_dependent():
     with pytest.raises(ValueError, match="view_dependent"):
         PromptProcessor(PromptProcessor.Config(prompt="x", perp_neg=True, view_dependent=False))
+
+
+def test_remove_phrases_cuts_whole_words_before_embedding():
+    from threedgen.prompts.processor import PromptProcessor, remove_phrases
+
+    assert remove_phrases("a red cube moving left", ["moving left", "bouncing"]) == "a red cube"
+    assert remove_phrases("a green cone bouncing", ["moving left", "bouncing"]) == "a green cone"
+    assert remove_phrases("a bouncingly odd prompt", ["bouncing"]) == "a bouncingly odd prompt"
+    pp = PromptProcessor(PromptProcessor.Config(prompt="a red cube moving up", remove=["moving up"]))
+    assert pp.cfg.prompt == "a red cube" and pp.view_texts()[1] == "a red cube, front view"

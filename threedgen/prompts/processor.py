@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -53,10 +53,15 @@ class PromptProcessor:
         cache_dir: str = ".cache/threedgen/text-embeddings"
         """Relative to the current directory; set ``THREEDGEN_EMBEDDING_CACHE`` to override."""
         use_cache: bool = True
+        remove: list[str] = field(default_factory=list)
+        """Phrases cut from the prompt before it is embedded, e.g. a 4D recipe's static stage drops the motion
+        ("moving left") that an image prior has never read."""
 
     def __init__(self, cfg: "PromptProcessor.Config"):
         if cfg.perp_neg and not cfg.view_dependent:
             raise ValueError("prompt_processor.perp_neg needs prompt_processor.view_dependent: true")
+        if cfg.remove:
+            cfg = replace(cfg, prompt=remove_phrases(cfg.prompt, cfg.remove))
         self.cfg = cfg
 
     @property
@@ -168,3 +173,11 @@ class PromptProcessor:
         except OSError as e:  # a read-only cache dir must not stop a run
             log.warning("could not write the prompt-embedding cache %s (%s)", path, e)
 
+
+def remove_phrases(prompt: str, phrases) -> str:
+    """``prompt`` without each of ``phrases`` where it stands as whole words, spaces tidied."""
+    import re
+
+    for ph in sorted(phrases, key=len, reverse=True):
+        prompt = re.sub(rf"(?<!\w){re.escape(ph.strip())}(?!\w)", " ", prompt)
+    return " ".join(prompt.split())
