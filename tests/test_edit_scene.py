@@ -188,6 +188,21 @@ def test_object_splats_are_kept_inside_the_box(tmp_path):
     assert float(((before - after).abs() * outside).max()) < 0.02  # nothing of the object beyond the box's outline
 
 
+def test_settle_rests_a_floating_object_on_the_box_floor(tmp_path):
+    rep = edit_scene(tmp_path, object={"init": "box", "num_points": 60, "init_opacity": 0.9, "min_scale": 0.005})
+    with torch.no_grad():  # a small object floating at the top of the box
+        rep.object.params["means"].mul_(0.2).add_(torch.tensor([0.0, -0.03, 0.0]))
+        rep.object.params["scales"].fill_(float(torch.tensor(0.01).log()))
+    before = rep.object.params["means"].clone()
+    drop = rep.settle()
+    assert drop > 0.15
+    g = rep.object.activated()
+    bottom = float((g["means"][:, 1] - 2 * g["scales"].amax(-1)).min())
+    assert abs(bottom - rep.box.lo[1]) < 0.011  # resting on the floor (within the faces' filter margin)
+    torch.testing.assert_close(rep.object.params["means"][:, [0, 2]], before[:, [0, 2]])  # straight down
+    assert rep.settle() < 0.011  # already resting
+
+
 def test_object_alpha_channel_is_the_visible_object_alpha(tmp_path):
     rep = edit_scene(tmp_path)
     ren, bg = GaussianRenderer(GaussianRenderer.Config()), SolidBackground(SolidBackground.Config())

@@ -165,6 +165,20 @@ class SceneWithObject(Representation):
         self.keep_inside()
 
     @torch.no_grad()
+    def settle(self, min_opacity: float = 0.3) -> float:
+        """Move the object down so its lowest splat at least ``min_opacity`` opaque (its filtered 2-sigma
+        extent) touches the box's floor; returns the distance moved (0 if it already rests there)."""
+        o = self.object
+        g = o.activated()
+        keep = g["opacities"] >= min(min_opacity, 0.5 * float(g["opacities"].max()))  # a faint object: its most opaque half
+        bottom = float((g["means"][keep, 1] - 2 * g["scales"][keep].amax(-1)).min())
+        drop = max(0.0, bottom - float(self.box.lo[1]))
+        if drop > 0:
+            o.params["means"][:, 1] -= drop
+            self.keep_inside()
+        return drop
+
+    @torch.no_grad()
     def keep_inside(self) -> None:
         """Every object centre projected into the box shrunk by twice the 3D filter's width, and every scale
         capped at a third of the centre's distance to the nearest face: a splat's visible extent (its

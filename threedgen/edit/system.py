@@ -52,6 +52,9 @@ class EditConfig:
     render: Literal["scene", "object"] = "scene"
     """What training renders show: the edited scene (DI-SDS), or the object alone over the background
     colour (a coarse stage with plain SDS and a text-to-image prior; no edit mask then)."""
+    settle: bool = True
+    """Before training on the scene, move the object straight down until its lowest opaque splat rests on the
+    box's floor (an object made alone floats wherever SDS put it; a flat torus mid-box)."""
 
 
 class EditSystem(GenerationSystem):
@@ -97,6 +100,13 @@ class EditSystem(GenerationSystem):
         self.anchor, self.anchor_camera = anchor
 
     # ---- training -----------------------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.cfg.edit.settle and self.cfg.edit.render == "scene":
+            drop = self.representation.settle()
+            if drop > 1e-6:
+                log.info("edit: object settled %.3f down onto the box floor", drop)
 
     def edit_mask(self, out, cameras) -> torch.Tensor:
         """[B,1,H,W] where the guidance may change the render (see ``EditConfig.mask``)."""

@@ -4,10 +4,11 @@
 
 Per (prompt, seed), after ``launch.py`` trains ``configs/toy/edit-disds.yaml`` in its own process:
 
-- ``iou`` / ``colour_err``: the inserted object's own Gaussians, moved so the prompt's toy object
-  would stand on the ground at the box centre and scaled to unit size, rendered over ToyBench's
-  orbit and scored against the analytic object as ToyBench scores a run (``bench.score``);
-  ``best_shape``: the shape of the five with the highest IoU when each is placed the same way;
+- ``iou`` / ``colour_err``: the inserted object's own Gaussians, centred (the middle of its opaque
+  splats' bounding box) on the analytic objects' centre and scaled to unit size, rendered over
+  ToyBench's orbit and scored against the analytic object as ToyBench scores a run (``bench.score``);
+  ``best_shape``: the shape of the five with the highest IoU on the same renders;
+- ``ground_gap``: height of the object's lowest opaque splat above the ground (the box's floor);
 - ``inside_box``: share of the object's Gaussian centres inside the edit box;
 - ``bg_identical``: the background Gaussians equal the scene file's, bit for bit;
 - ``bg_psnr_db``: renders of the scene before and after the edit from 8 views around the box, on
@@ -28,23 +29,35 @@ import torch
 
 from . import world as W
 from .bench import REPO, job_key, orbit, run_one, score
-from .scene_builder import Placed
 
 RECIPE = REPO / "configs" / "toy" / "edit-disds.yaml"
 
 
-def placed_render(system, shape: str):
-    """Orbit renders of the object alone, placed as ``shape`` standing at the box centre, at unit scale."""
+def centred_render(system):
+    """Orbit renders of the object alone, centred on the origin (the analytic objects' centre) at unit scale.
+
+    The object is moved so the middle of its opaque splats' bounding box is the origin: the IoU then
+    scores its shape, not where in the box SDS put it (a flat torus sits mid-box unless something asks
+    it onto the ground); ``ground_gap`` reports that placement separately."""
     from .edit_dataset import SCALE
 
     obj = system.object_alone()  # centred on the box centre
-    centre = torch.tensor(Placed(shape, "red", 0.0, 0.0, SCALE).centre) - system.box.center
+    centre, _ = _opaque_bounds(obj)
     with torch.no_grad():
         obj.params["means"].sub_(centre).div_(SCALE)
         obj.params["scales"].sub_(math.log(SCALE))
     obj.cfg.min_scale = obj.cfg.min_scale / SCALE
     outs = [system.renderer(obj, c, _White()) for c in (orbit()[i : i + 4] for i in (0, 4))]
     return torch.cat([o.rgb for o in outs]).detach(), torch.cat([o.alpha for o in outs]).detach()
+
+
+def _opaque_bounds(gaussians, min_opacity: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centre, lowest point) of the bounding box of the Gaussians at least ``min_opacity`` opaque."""
+    g = gaussians.activated()
+    keep = g["opacities"] >= min_opacity
+    m = g["means"][keep] if keep.any() else g["means"]
+    lo, hi = m.amin(0), m.amax(0)
+    return ((lo + hi) / 2).detach(), lo.detach()
 
 
 class _White:
@@ -58,10 +71,9 @@ def measure(system, scene: W.ToyScene) -> dict:
     from ..edit.views import box_mask, dilate
 
     rep = system.representation
-    per_shape = {}
-    for shape in W.SHAPES:
-        rgb, alpha = placed_render(system, shape)
-        per_shape[shape] = score(rgb, alpha, W.ToyScene(shape, scene.colour))
+    rgb, alpha = centred_render(system)
+    per_shape = {shape: score(rgb, alpha, W.ToyScene(shape, scene.colour)) for shape in W.SHAPES}
+    _, low = _opaque_bounds(rep.object)
     means = rep.object.params["means"].detach()
     ref = read_splat_ply(Path(rep.cfg.scene) if not rep.cfg.scene.startswith("toy:") else _toy_path(rep.cfg.scene), rep.cfg.axes)
     identical = all(torch.equal(getattr(rep, f"bg_{k}").cpu(), torch.from_numpy(ref[k])) for k in ("means", "log_scales", "quats"))
@@ -74,6 +86,7 @@ def measure(system, scene: W.ToyScene) -> dict:
         "best_shape": max(per_shape, key=lambda s: per_shape[s]["iou"]),
         "iou_by_shape": {s: round(v["iou"], 4) for s, v in per_shape.items()},
         "inside_box": float(rep.box.contains(means, margin=1e-6).float().mean()), "bg_identical": bool(identical),
+        "ground_gap": float(low[1]) - float(rep.box.lo[1]),
         "bg_psnr_db": float("inf") if mse == 0 else -10 * math.log10(mse), "n_object": rep.object.num_gaussians,
     }
 
@@ -94,16 +107,16 @@ def load_run(run: Path, recipe: Path, overrides: list[str]):
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| prompt | seed | IoU | best shape | colour err | inside box | background identical | background PSNR dB | wall s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| prompt | seed | IoU | best shape | colour err | ground gap | inside box | background identical | background PSNR dB | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['prompt']} | {r['seed']} | {r['iou']:.3f} | {r['best_shape']} | {r['colour_err']:.3f} | "
-                     f"{r['inside_box']:.2f} | {r['bg_identical']} | {r['bg_psnr_db']:.1f} | {r['wall_s']:.0f} |")
+                     f"{r.get('ground_gap', float('nan')):.3f} | {r['inside_box']:.2f} | {r['bg_identical']} | {r['bg_psnr_db']:.1f} | {r['wall_s']:.0f} |")
     if rows:
         n = len(rows)
         right = sum(r["best_shape"] == W.parse_prompt(r["prompt"]).shape and r["iou"] >= 0.6 for r in rows)
         lines.append(f"| **all** | {n} runs | {sum(r['iou'] for r in rows) / n:.3f} | {right}/{n} right and IoU >= 0.6 | "
-                     f"{sum(r['colour_err'] for r in rows) / n:.3f} | {min(r['inside_box'] for r in rows):.2f} | "
+                     f"{sum(r['colour_err'] for r in rows) / n:.3f} | – | {min(r['inside_box'] for r in rows):.2f} | "
                      f"{all(r['bg_identical'] for r in rows)} | {min(r['bg_psnr_db'] for r in rows):.1f} (min) | "
                      f"{sum(r['wall_s'] for r in rows) / n:.0f} |")
     return "\n".join(lines) + "\n"
