@@ -146,3 +146,16 @@ def test_guidance_probability_is_a_seeded_share_of_steps():
     assert 0.2 < sum(runs) / 2000 < 0.3
     assert runs == [GenerationSystem.guidance_runs(Probe, 0, s) for s in range(2000)]  # the same choices on resume
     assert all(GenerationSystem.guidance_runs(Probe, 1, s) for s in range(50))
+
+
+def test_a_dynamic_stage_after_a_nerf_stage_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    from threedgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    base = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "4dfy-zeroscope.yaml"
+    recipe = tmp_path / "nerf-then-4d.yaml"
+    recipe.write_text(f"base: {base}\nsystem:\n  representation: {{name: nerf}}\n")
+    code = main(["--config", str(recipe), "--train", f"output_dir={tmp_path}/out"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "starts from gaussians or dynamic_gaussians" in err[0], err
+    assert not (tmp_path / "out").exists()

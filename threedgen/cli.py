@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         from .systems import runner
 
         need_ckpt = args.test or args.export
+        runner.plan_stages(cfg, raw, Path(cfg.output_dir))  # stage hand-overs checked before anything is written
         run_dir, ckpt = runner.resolve_run(cfg, args.resume, need_ckpt)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -24,6 +24,9 @@ from .gaussians import Gaussians
 
 
 class DynamicGaussians(Gaussians):
+    converts_from = ("gaussians", "dynamic_gaussians")
+    """Representations a previous stage may hand over as the canonical scene (checked at start-up)."""
+
     @dataclass
     class Config(Gaussians.Config):
         deformation: DeformationConfig = field(default_factory=DeformationConfig)

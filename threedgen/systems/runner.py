@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 import yaml
 
+from .. import registry
 from ..config import ConfigError, RunConfig, to_plain
 
 log = logging.getLogger("threedgen")
@@ -39,7 +40,14 @@ def plan_stages(cfg: RunConfig, raw: dict, run_dir: Path) -> list[Stage]:
     ckpts = run_dir / "ckpts"
     if not cfg.stages:
         return [Stage("main", cfg, ckpts / "last.ckpt", ckpts / "last.ckpt")]
-    return [Stage(st.name, sub, ckpts / "last.ckpt", ckpts / f"{st.name}.ckpt") for st, sub in cfg.stage_configs(raw)]
+    stages = [Stage(st.name, sub, ckpts / "last.ckpt", ckpts / f"{st.name}.ckpt") for st, sub in cfg.stage_configs(raw)]
+    for prev, st in zip(stages, stages[1:]):  # a stage that takes its scene from a fixed kind says so before stage 1 trains
+        rep, src = st.cfg.system.cfg.representation, prev.cfg.system.cfg.representation
+        accepts = getattr(registry.get("representation", rep.name), "converts_from", None)
+        if accepts is not None and src.name not in accepts:
+            raise ConfigError(f"stages.{stages.index(st)} ({st.name}): a {rep.name} scene starts from "
+                              f"{' or '.join(accepts)}, but stage {prev.name!r} makes {src.name}; change that stage's representation")
+    return stages
 
 
 def _writable_root(path: Path) -> None:
