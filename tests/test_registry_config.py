@@ -128,3 +128,16 @@ def test_stage_overrides_are_validated_up_front(tmp_path):
     p = _write(tmp_path, RECIPE + "stages:\n  - {name: coarse, steps: 2}\n  - {name: fine, steps: 2, system: {renderer: {num_samples_per_rai: 3}}}\n")
     with pytest.raises(ConfigError, match=r"stages.1 \(fine\): system.renderer.num_samples_per_rai: unknown key"):
         load_config(p)
+
+
+def test_numbers_are_read_as_people_write_them(tmp_path):
+    """YAML 1.1 reads 1e-4 and 1e2 as strings; overrides and recipe files must take them as numbers."""
+    from threedgen.config import load_config
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("base: " + str(ROOT / "configs" / "toy" / "sds-nerf.yaml") + "\nsystem:\n  representation: {lr_grid: 1e-2}\n")
+    cfg, _ = load_config(recipe, ["system.guidance.0.guidance_scale=1e2", "system.representation.lr_mlp=5E-4", "trainer.max_steps=1e3"])
+    sds = cfg.system.cfg.guidance[0].cfg
+    assert float(sds.guidance_scale(0)) == 100.0 and cfg.trainer.max_steps == 1000
+    rep = cfg.system.cfg.representation.cfg
+    assert float(rep.lr_grid(0)) == 0.01 and float(rep.lr_mlp(0)) == 0.0005

@@ -402,6 +402,21 @@ def validate(raw: dict) -> RunConfig:
     return cfg
 
 
+def yaml_load(text: str):
+    """YAML as people write numbers: ``1e-4`` and ``1e2`` are floats (YAML 1.1, PyYAML's dialect, reads
+    them as strings because they lack a dot or a signed exponent)."""
+    import re
+
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_overrides(overrides: list[str]) -> dict:
     """``a.b.0.c=value`` strings -> a nested mapping; values are parsed as YAML."""
     import yaml
@@ -412,7 +427,7 @@ def parse_overrides(overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         key, _, text = item.partition("=")
         try:
-            value = yaml.safe_load(text) if text != "" else ""
+            value = yaml_load(text) if text != "" else ""
         except yaml.YAMLError:
             value = text
         parts = key.strip().replace("[", ".").replace("]", "").split(".")
@@ -454,7 +469,7 @@ def _read_yaml(p: Path, chain: tuple = ()) -> dict:
         where = f" (the base of {str(chain[-1])!r})" if chain else ""
         raise ConfigError(f"config file {str(p)!r}{where} does not exist; pass --config with a YAML recipe, e.g. configs/toy/sds-nerf.yaml")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
