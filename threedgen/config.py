@@ -267,6 +267,20 @@ class TrainerConfig:
     test_resolution: int = 128
     export_at_end: bool = True
 
+    def __post_init__(self):
+        checks = [
+            ("max_steps", self.max_steps >= 1, "an int >= 1 (steps of training)"),
+            ("val_every", self.val_every >= 0, "an int >= 0 (0: never)"),
+            ("log_every", self.log_every >= 1, "an int >= 1"),
+            ("ckpt_every", self.ckpt_every >= 1, "an int >= 1"),
+            ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "null (off) or a norm > 0"),
+            ("test_views", self.test_views >= 1, "an int >= 1"),
+            ("test_resolution", 8 <= self.test_resolution <= 4096, "an int in [8, 4096]"),
+        ]
+        for key, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"trainer.{key}: expected {expected}, got {getattr(self, key)!r}")
+
 
 @dataclass
 class ExportConfig:
@@ -396,8 +410,12 @@ def _deep_merge(a: dict, b: dict) -> dict:
 def validate(raw: dict) -> RunConfig:
     from .data.cameras import CameraConfig
 
+    system = raw.get("system")
+    if isinstance(system, dict) and "prompt" in system and not str(system["prompt"] or "").strip():
+        raise ConfigError('system.prompt is empty: write what to make, e.g. system.prompt="a red cube"')
     cfg = from_dict(RunConfig, raw)
     cfg.data = from_dict(CameraConfig, raw.get("data", {}), "data")
+    cfg.data.check()
     cfg.stage_configs(raw)  # validate every stage up front
     return cfg
 

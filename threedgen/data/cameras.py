@@ -44,6 +44,26 @@ class CameraConfig:
     clip_orbit: float = 0.0
     """4D: degrees of azimuth a clip's camera turns over its frames (0: a fixed camera per clip)."""
 
+    def check(self, prefix: str = "data") -> None:
+        """Ranges the renderers and samplers would otherwise trip over later (ValueError, one line)."""
+        def bad(key, expected, got):
+            raise ValueError(f"{prefix}.{key}: expected {expected}, got {got!r}")
+
+        for key in ("batch_size", "width", "height"):
+            low = min(getattr(self, key).knot_values)
+            if low < 1:
+                bad(key, "values >= 1", getattr(self, key).raw)
+        for key in ("elevation_range", "azimuth_range", "distance_range", "fovy_range"):
+            lo, hi = getattr(self, key)
+            if lo > hi:
+                bad(key, "[low, high] with low <= high", [lo, hi])
+        if self.distance_range[0] <= 0:
+            bad("distance_range", "distances > 0", list(self.distance_range))
+        if not (0 < self.fovy_range[0] and self.fovy_range[1] < 180):
+            bad("fovy_range", "angles in (0, 180) degrees", list(self.fovy_range))
+        if self.frames < 0:
+            bad("frames", "an int >= 0 (0: a static scene)", self.frames)
+
 
 @dataclass
 class CameraBatch:

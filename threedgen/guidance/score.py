@@ -82,6 +82,11 @@ class ScoreGuidance(Guidance):
         perp_neg: bool = False
         """Perp-Neg guidance (also switched on by ``prompt_processor.perp_neg``)."""
 
+        def __post_init__(self):
+            if min(as_schedule(self.guidance_scale).knot_values) < 0:
+                raise ValueError(f"guidance_scale must be >= 0 (1: no guidance, 7.5 typical; diffusers' convention), "
+                                 f"got {as_schedule(self.guidance_scale).raw}")
+
     fraction_fields: tuple[str, ...] = ("min_step_percent", "max_step_percent")
     """Config fields that are fractions of the noise range (checked to lie in [0, 1])."""
 
