@@ -8,6 +8,8 @@ Per (prompt, seed), after ``launch.py`` trains ``configs/toy/edit-disds.yaml`` i
   splats' bounding box) on the analytic objects' centre and scaled to unit size, rendered over
   ToyBench's orbit and scored against the analytic object as ToyBench scores a run (``bench.score``);
   ``best_shape``: the shape of the five with the highest IoU on the same renders;
+- ``judge_shape`` / ``judge_share``: the shape ToyBench's classifier names most often on those renders,
+  and in what share of the 8 views (IoU alone confuses a slightly large sphere with a cube);
 - ``ground_gap``: height of the object's lowest opaque splat above the ground (the box's floor);
 - ``inside_box``: share of the object's Gaussian centres inside the edit box;
 - ``bg_identical``: the background Gaussians equal the scene file's, bit for bit;
@@ -73,6 +75,10 @@ def measure(system, scene: W.ToyScene) -> dict:
     rep = system.representation
     rgb, alpha = centred_render(system)
     per_shape = {shape: score(rgb, alpha, W.ToyScene(shape, scene.colour)) for shape in W.SHAPES}
+    from .classifier import classify, load_classifier
+
+    judged = classify(load_classifier(REPO / "assets" / "toy-prior" / "classifier"), rgb)  # the ToyBench judge
+    votes = torch.bincount(judged["shape"], minlength=len(W.SHAPES))
     _, low = _opaque_bounds(rep.object)
     means = rep.object.params["means"].detach()
     ref = read_splat_ply(Path(rep.cfg.scene) if not rep.cfg.scene.startswith("toy:") else _toy_path(rep.cfg.scene), rep.cfg.axes)
@@ -84,6 +90,7 @@ def measure(system, scene: W.ToyScene) -> dict:
     return {
         "iou": per_shape[scene.shape]["iou"], "colour_err": per_shape[scene.shape]["colour_err"],
         "best_shape": max(per_shape, key=lambda s: per_shape[s]["iou"]),
+        "judge_shape": W.SHAPES[int(votes.argmax())], "judge_share": float(votes.max()) / len(judged["shape"]),
         "iou_by_shape": {s: round(v["iou"], 4) for s, v in per_shape.items()},
         "inside_box": float(rep.box.contains(means, margin=1e-6).float().mean()), "bg_identical": bool(identical),
         "ground_gap": float(low[1]) - float(rep.box.lo[1]),
@@ -107,15 +114,17 @@ def load_run(run: Path, recipe: Path, overrides: list[str]):
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| prompt | seed | IoU | best shape | colour err | ground gap | inside box | background identical | background PSNR dB | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| prompt | seed | IoU | best shape (IoU) | judge | colour err | ground gap | inside box | background identical | background PSNR dB | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['prompt']} | {r['seed']} | {r['iou']:.3f} | {r['best_shape']} | {r['colour_err']:.3f} | "
+        judge = f"{r['judge_shape']} {r['judge_share']:.2f}" if "judge_shape" in r else "–"
+        lines.append(f"| {r['prompt']} | {r['seed']} | {r['iou']:.3f} | {r['best_shape']} | {judge} | {r['colour_err']:.3f} | "
                      f"{r.get('ground_gap', float('nan')):.3f} | {r['inside_box']:.2f} | {r['bg_identical']} | {r['bg_psnr_db']:.1f} | {r['wall_s']:.0f} |")
     if rows:
         n = len(rows)
         right = sum(r["best_shape"] == W.parse_prompt(r["prompt"]).shape and r["iou"] >= 0.6 for r in rows)
-        lines.append(f"| **all** | {n} runs | {sum(r['iou'] for r in rows) / n:.3f} | {right}/{n} right and IoU >= 0.6 | "
+        judged = sum(r.get("judge_shape") == W.parse_prompt(r["prompt"]).shape for r in rows)
+        lines.append(f"| **all** | {n} runs | {sum(r['iou'] for r in rows) / n:.3f} | {right}/{n} right and IoU >= 0.6 | {judged}/{n} | "
                      f"{sum(r['colour_err'] for r in rows) / n:.3f} | – | {min(r['inside_box'] for r in rows):.2f} | "
                      f"{all(r['bg_identical'] for r in rows)} | {min(r['bg_psnr_db'] for r in rows):.1f} (min) | "
                      f"{sum(r['wall_s'] for r in rows) / n:.0f} |")
