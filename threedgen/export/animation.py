@@ -21,14 +21,13 @@ import torch
 from ..data.cameras import clip_times
 
 
-def animation_files(rep, export_cfg, render_at, frames: int, fps: float) -> tuple[dict[str, bytes], dict[str, bytes]]:
-    """``(files for export/, files for export/frames/)``; ``render_at(t)`` renders the scene at time t (the
-    solid mesher's views)."""
+def animation_files(rep, export_cfg, render_at) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """``(files for export/, files for export/frames/)`` at ``export.frames`` times played at ``export.fps``;
+    ``render_at(t)`` renders the scene at time t (the solid mesher's views)."""
     from .. import registry
     from .mesh import build_textured_mesh, encode_textured_mesh
 
-    if frames < 2:
-        raise ValueError(f"export.frames must be >= 2 for a moving scene, got {frames}")
+    frames, fps = export_cfg.frames, export_cfg.fps
     times = clip_times(frames)
     splats = registry.get("exporter", "gaussians")()
     first = rep.frozen_at(0.0)
@@ -48,15 +47,8 @@ def animation_files(rep, export_cfg, render_at, frames: int, fps: float) -> tupl
             dev = rep.params["means"].device
             base = rep.deformation(world.to(dev), 0.0)["dx"]
             morphs = [((rep.deformation(world.to(dev), t)["dx"] - base) * scale).cpu().numpy() for t in times[1:].tolist()]
-        files.update(encode_textured_mesh(mesh, export_cfg))
+        files.update(encode_textured_mesh(mesh, export_cfg, morphs=morphs, times=seconds))
         if "model.glb" in files:
-            import imageio.v3 as iio
-
-            from .gltf import textured_mesh_glb
-
-            png = iio.imwrite("<bytes>", mesh.texture, extension=".png")
-            files["model.glb"] = textured_mesh_glb(mesh.positions, mesh.normals, mesh.uv, mesh.faces, png, export_cfg.metallic,
-                                                   export_cfg.roughness, morphs=morphs, times=seconds)
             manifest["glb"] = {"file": "model.glb", "morph_targets": len(morphs), "animation": "motion",
                                "max_displacement_m": float(max((np.linalg.norm(m, axis=1).max() for m in morphs), default=0.0))}
     per_frame["manifest.json"] = (json.dumps(manifest, indent=2) + "\n").encode()

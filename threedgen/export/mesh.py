@@ -188,8 +188,9 @@ def _density_mesh(representation, cfg) -> TexturedMesh:
     return mesh
 
 
-def encode_textured_mesh(mesh: TexturedMesh, cfg) -> dict[str, bytes]:
-    """{file name: bytes} for the mesh formats in ``cfg.formats``."""
+def encode_textured_mesh(mesh: TexturedMesh, cfg, morphs=None, times=None) -> dict[str, bytes]:
+    """{file name: bytes} for the mesh formats in ``cfg.formats``; ``morphs``/``times`` animate the GLB
+    (``gltf.textured_mesh_glb``)."""
     import imageio.v3 as iio
 
     from .gltf import textured_mesh_glb
@@ -199,7 +200,8 @@ def encode_textured_mesh(mesh: TexturedMesh, cfg) -> dict[str, bytes]:
     png = iio.imwrite("<bytes>", mesh.texture, extension=".png")
     files: dict[str, bytes] = {}
     if "glb" in cfg.formats:
-        files["model.glb"] = textured_mesh_glb(mesh.positions, mesh.normals, mesh.uv, mesh.faces, png, cfg.metallic, cfg.roughness)
+        files["model.glb"] = textured_mesh_glb(mesh.positions, mesh.normals, mesh.uv, mesh.faces, png, cfg.metallic, cfg.roughness,
+                                               morphs=morphs, times=times)
     if "obj" in cfg.formats:
         files["model.obj"], files["model.mtl"] = textured_mesh_obj(mesh.positions, mesh.normals, mesh.uv, mesh.faces, "model.mtl", TEXTURE_NAME)
         files[TEXTURE_NAME] = png

@@ -56,6 +56,7 @@ class DDPMPrior(Prior):
         self.denoiser = self.unet
         self.video = type(self.unet).__name__ in VIDEO_UNETS
         """A text-to-video UNet: model inputs are ``[B,C,F,h,w]`` clips (``video_sds``)."""
+        self._emb_per_frame = type(self.unet).__name__ == "UNetMotionModel"  # AnimateDiff reads one embedding per frame
         if f.has("vae"):
             self.vae = freeze(f.load(f.component_class("vae", diffusers, "AutoencoderKL"), "vae")).to(self._home)
         sched_cls = {"ddim": diffusers.DDIMScheduler, "ddpm": diffusers.DDPMScheduler}[cfg.scheduler]
@@ -128,7 +129,7 @@ class DDPMPrior(Prior):
                                 return_dict=False)
             kw = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         emb = cond.emb
-        if self.video and type(self.unet).__name__ == "UNetMotionModel":  # it reads one embedding per frame
+        if self._emb_per_frame:
             emb = emb.repeat_interleave(x.shape[2], 0)
         with self._running(self.denoiser) as unet:
             return unet(x.to(dev, unet.dtype), t, encoder_hidden_states=emb.to(dev, unet.dtype), **kw).sample

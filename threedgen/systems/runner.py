@@ -300,8 +300,7 @@ def export(system, cfg: RunConfig, run_dir: Path) -> list[Path]:
     if hasattr(rep, "frozen_at"):  # a moving scene: frame 0's files, an animated GLB and the frame sequence
         from ..export.animation import animation_files
 
-        files, frames = animation_files(rep, cfg.export, lambda t: scene_render(system, rep.frozen_at(t)),
-                                        cfg.export.frames, cfg.export.fps)
+        files, frames = animation_files(rep, cfg.export, lambda t: scene_render(system, rep.frozen_at(t)))
         return write_files(folder, files) + write_files(folder / "frames", frames)
     if hasattr(system, "object_alone"):  # a scene edit: no mesh of a whole captured scene
         files = encode_representation(rep, cfg, None, mesh=False)

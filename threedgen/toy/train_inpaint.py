@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import world as W
-from .train_prior import _atomic_save, _ema_update, build_scheduler, loss_weights, lr_at
+from .train_prior import _atomic_save, _ema_update, build_scheduler, checkpoint_path, loss_weights, lr_at, require_toy_prior
 
 MASK_LOSS_BOOST = 2.0
 """Extra loss weight inside the hole: outside it the answer is in the input, inside it must be drawn."""
@@ -113,11 +112,8 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     base, out = Path(args.base), Path(args.out)
-    if not (base / "unet").is_dir():
-        raise SystemExit(f"--base {base}: not a toy prior folder (no unet/)")
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(out.resolve()).strip("/"))
-    ckpt_path = Path(args.cache_dir) / "train_inpaint" / slug / "checkpoint.pt"
-    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    require_toy_prior(base)
+    ckpt_path = checkpoint_path(args.cache_dir, "train_inpaint", out)
 
     t0 = time.time()
     ds = load_edit_dataset(args.cache_dir, layouts_per_object=args.layouts, views_per_layout=args.views, seed=args.seed)

@@ -103,6 +103,21 @@ def save_prior(out: Path, unet, text_encoder, tokenizer, extra: dict | None = No
         (out / "training.json").write_text(json.dumps(extra, indent=2) + "\n")
 
 
+def checkpoint_path(cache_dir: str, kind: str, out: Path) -> Path:
+    """Where a toy training script keeps its resumable checkpoint for the folder ``out``: under the cache,
+    named after ``out``'s absolute path, never inside the shipped folder (the folder is made)."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(Path(out).resolve()).strip("/"))
+    path = Path(cache_dir) / kind / slug / "checkpoint.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def require_toy_prior(base: Path) -> None:
+    """Exit with one line unless ``base`` is a toy prior folder to fine-tune from."""
+    if not (Path(base) / "unet").is_dir():
+        raise SystemExit(f"--base {base}: not a toy prior folder (no unet/)")
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -204,8 +219,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(out.resolve()).strip("/"))
-    ckpt_path = Path(args.ckpt) if args.ckpt else Path(args.cache_dir) / "train_prior" / slug / "checkpoint.pt"
+    ckpt_path = Path(args.ckpt) if args.ckpt else checkpoint_path(args.cache_dir, "train_prior", out)
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
 
     ds = load_dataset(args.cache_dir, views_per_scene=args.views_per_scene, seed=args.seed)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 from . import world as W
-from .train_prior import _atomic_save, _ema_update, build_scheduler, loss_weights, lr_at
+from .train_prior import _atomic_save, _ema_update, build_scheduler, checkpoint_path, loss_weights, lr_at, require_toy_prior
 from .video_dataset import FRAMES, MOTION_WORDS, load_clip_dataset
 
 
@@ -122,11 +121,8 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     base, out = Path(args.base), Path(args.out)
-    if not (base / "unet").is_dir():
-        raise SystemExit(f"--base {base}: not a toy prior folder (no unet/)")
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(out.resolve()).strip("/"))
-    ckpt_path = Path(args.cache_dir) / "train_video" / slug / "checkpoint.pt"
-    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    require_toy_prior(base)
+    ckpt_path = checkpoint_path(args.cache_dir, "train_video", out)
     t0 = time.time()
     ds = load_clip_dataset(args.cache_dir, args.clips_per_pair, seed=args.seed)
     clips = ds["clips"].float().div_(127.5).sub_(1.0)
