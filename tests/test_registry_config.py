@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from threedgen import registry
-from threedgen.config import ConfigError, from_dict, load_config, parse_overrides, to_plain, validate
+from threedgen.config import ConfigError, from_dict, load_config, to_plain, validate
+from threedgen.recipe_files import parse_overrides
 from threedgen.renderers.background import MLPBackground, SolidBackground
 from threedgen.schedule import Schedule
 

@@ -7,7 +7,10 @@ Per (prompt, seed), after ``launch.py`` trains ``configs/toy/edit-disds.yaml`` i
 - ``iou`` / ``colour_err``: the inserted object's own Gaussians, centred (the middle of its opaque
   splats' bounding box) on the analytic objects' centre and scaled to unit size, rendered over
   ToyBench's orbit and scored against the analytic object as ToyBench scores a run (``bench.score``);
-  ``best_shape``: the shape of the five with the highest IoU on the same renders;
+  ``best_shape``: the shape of the five with the highest IoU once each is compared at the object size
+  that fits it best (``FIT_SCALES``): SDS picks the object's size freely inside the box, and a round
+  object a little smaller than the analytic sphere otherwise scores as well against the smaller cube;
+  ``fit_iou`` / ``fit_scale`` record that best fit for the prompt's shape;
 - ``judge_shape`` / ``judge_share``: the shape ToyBench's classifier names most often on those renders,
   and in what share of the 8 views (IoU alone confuses a slightly large sphere with a cube);
 - ``ground_gap``: height of the object's lowest opaque splat above the ground (the box's floor);
@@ -35,7 +38,10 @@ from .bench import REPO, job_key, orbit, run_one, score
 RECIPE = REPO / "configs" / "toy" / "edit-disds.yaml"
 
 
-def centred_render(system):
+FIT_SCALES = (0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25)
+
+
+def centred_render(system, scale: float = 1.0):
     """Orbit renders of the object alone, centred on the origin (the analytic objects' centre) at unit scale.
 
     The object is moved so the middle of its opaque splats' bounding box is the origin: the IoU then
@@ -46,9 +52,9 @@ def centred_render(system):
     obj = system.object_alone()  # centred on the box centre
     centre, _ = _opaque_bounds(obj)
     with torch.no_grad():
-        obj.params["means"].sub_(centre).div_(SCALE)
-        obj.params["scales"].sub_(math.log(SCALE))
-    obj.cfg.min_scale = obj.cfg.min_scale / SCALE
+        obj.params["means"].sub_(centre).mul_(scale / SCALE)
+        obj.params["scales"].add_(math.log(scale / SCALE))
+    obj.cfg.min_scale = obj.cfg.min_scale * scale / SCALE
     outs = [system.renderer(obj, c, _White()) for c in (orbit()[i : i + 4] for i in (0, 4))]
     return torch.cat([o.rgb for o in outs]).detach(), torch.cat([o.alpha for o in outs]).detach()
 
@@ -77,6 +83,13 @@ def measure(system, scene: W.ToyScene) -> dict:
     per_shape = {shape: score(rgb, alpha, W.ToyScene(shape, scene.colour)) for shape in W.SHAPES}
     from .classifier import classify, load_classifier
 
+    fits = {}  # shape -> (IoU, scale) of the best-fitting size
+    for s in FIT_SCALES:
+        srgb, salpha = (rgb, alpha) if s == 1.0 else centred_render(system, s)
+        for shape in W.SHAPES:
+            iou = score(srgb, salpha, W.ToyScene(shape, scene.colour))["iou"]
+            if iou > fits.get(shape, (-1.0, 0.0))[0]:
+                fits[shape] = (iou, s)
     judged = classify(load_classifier(REPO / "assets" / "toy-prior" / "classifier"), rgb)  # the ToyBench judge
     votes = torch.bincount(judged["shape"], minlength=len(W.SHAPES))
     _, low = _opaque_bounds(rep.object)
@@ -89,7 +102,9 @@ def measure(system, scene: W.ToyScene) -> dict:
     mse = float(((before - after) ** 2 * keep).sum() / keep.sum().clamp_min(1))
     return {
         "iou": per_shape[scene.shape]["iou"], "colour_err": per_shape[scene.shape]["colour_err"],
-        "best_shape": max(per_shape, key=lambda s: per_shape[s]["iou"]),
+        "best_shape": max(fits, key=lambda s: fits[s][0]),
+        "fit_iou": fits[scene.shape][0], "fit_scale": fits[scene.shape][1],
+        "fit_iou_by_shape": {s: round(v[0], 4) for s, v in fits.items()},
         "judge_shape": W.SHAPES[int(votes.argmax())], "judge_share": float(votes.max()) / len(judged["shape"]),
         "iou_by_shape": {s: round(v["iou"], 4) for s, v in per_shape.items()},
         "inside_box": float(rep.box.contains(means, margin=1e-6).float().mean()), "bg_identical": bool(identical),
@@ -114,11 +129,12 @@ def load_run(run: Path, recipe: Path, overrides: list[str]):
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| prompt | seed | IoU | best shape (IoU) | judge | colour err | ground gap | inside box | background identical | background PSNR dB | wall s |",
+    lines = ["| prompt | seed | IoU | best shape (fitted IoU) | judge | colour err | ground gap | inside box | background identical | background PSNR dB | wall s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         judge = f"{r['judge_shape']} {r['judge_share']:.2f}" if "judge_shape" in r else "–"
-        lines.append(f"| {r['prompt']} | {r['seed']} | {r['iou']:.3f} | {r['best_shape']} | {judge} | {r['colour_err']:.3f} | "
+        fit = f" {r['fit_iou']:.3f} (x{r['fit_scale']:.2f})" if "fit_iou" in r else ""
+        lines.append(f"| {r['prompt']} | {r['seed']} | {r['iou']:.3f} | {r['best_shape']}{fit} | {judge} | {r['colour_err']:.3f} | "
                      f"{r.get('ground_gap', float('nan')):.3f} | {r['inside_box']:.2f} | {r['bg_identical']} | {r['bg_psnr_db']:.1f} | {r['wall_s']:.0f} |")
     if rows:
         n = len(rows)
