@@ -30,8 +30,15 @@ class AtomicCheckpoint(pl.Callback):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         checkpoint["threedgen_stage"] = self.stage
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step % self.every == 0:
+    def on_train_start(self, trainer, pl_module):
+        self._start = trainer.global_step  # a resumed run does not rewrite the checkpoint it started from
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        # Saved at the start of the step after the ``every``-th, not at its end: Lightning calls the
+        # callbacks' on_train_batch_end before the module's, where the representation densifies and
+        # refreshes its occupancy grid; a checkpoint taken there would miss that step's half.
+        step = trainer.global_step
+        if step % self.every == 0 and step != getattr(self, "_start", 0):
             atomic_save_checkpoint(trainer, self.path)
 
     def on_train_end(self, trainer, pl_module):

@@ -146,6 +146,7 @@ class GenerationSystem(pl.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx):
         step = self.global_step
+        seed_step(self._seed, step, 0)
         for opt in self.trainer.optimizers:
             for pg, sched in zip(opt.param_groups, self._lr_schedules):
                 pg["lr"] = sched(step)
@@ -249,6 +250,7 @@ class GenerationSystem(pl.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         step = self.global_step  # already incremented by the optimizer step
+        seed_step(self._seed, step, 1)  # densification / occupancy refresh draw the same after a resume
         with torch.no_grad():
             for i, _, render in getattr(self, "_particle_renders", [(0, None, None)]):
                 self.particle(i)[0].after_step(step, render)
@@ -275,6 +277,25 @@ class GenerationSystem(pl.LightningModule):
     # ---- checkpoint --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["threedgen"] = {"prompt": self.cfg.prompt, "representation": self.cfg.representation.name}
+
+
+def seed_step(seed: int, step: int, stream: int) -> None:
+    """Seed the global random generators (torch on every device, Python, NumPy) from (seed, step, stream).
+
+    Every draw a training step makes (noise, timesteps, background, ray jitter, occupancy refresh,
+    densification) then depends only on the run's seed and the step number, not on what ran before
+    in this process, so a run resumed from a checkpoint continues bit for bit as the uninterrupted one
+    without the generator states having to be in the checkpoint (validation renders in between draw
+    from the same generators)."""
+    s = ((int(seed) & 0xFFFFFFFF) << 34) | ((int(step) & 0xFFFFFFFF) << 2) | (stream & 3)
+    torch.manual_seed(s)
+    random.seed(s)
+    try:
+        import numpy as np
+
+        np.random.seed(s % (1 << 32) ^ (s >> 32))
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def seed_everything(seed: int, deterministic: bool = False, threads: Optional[int] = None) -> None:
