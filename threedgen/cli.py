@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from .config import ConfigError, load_config
+    from .utils.atomic import DiskError
 
     try:
         overrides = list(args.overrides) + (["trainer.progress_bar=false"] if args.quiet else [])
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"\n{e or 'interrupted'}", file=sys.stderr)
         return 130
+    except DiskError as e:  # a full or read-only disk: every file written before it is intact
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

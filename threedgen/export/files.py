@@ -1,7 +1,8 @@
 """All-or-nothing file output: every file is staged beside its target, then renamed into place.
 
 A failure while encoding or writing removes the staged files, so an earlier export in the same
-folder survives intact and no partial file is ever visible under its final name.
+folder survives intact and no partial file is ever visible under its final name; a full or
+read-only disk is reported as ``threedgen/utils/atomic.py``'s one-line ``DiskError``.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+
+from ..utils.atomic import disk_error
 
 
 def check_writable(folder: Path) -> None:
@@ -39,9 +42,12 @@ def write_files(folder: Path, files: dict[str, bytes]) -> list[Path]:
                 os.fsync(fh.fileno())
         for tmp, final in staged:
             os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         for tmp, _ in staged:
             if os.path.exists(tmp):
                 os.remove(tmp)
+        err = disk_error(e, staged[-1][1]) if staged and isinstance(e, Exception) else None
+        if err is not None:
+            raise err from e
         raise
     return [final for _, final in staged]

@@ -85,10 +85,10 @@ def load_tet_grid(resolution: int, folder: Optional[str] = None) -> tuple[np.nda
             log.warning("rebuilding unreadable tet grid cache %s (%s)", path, e)
     verts, tets = build_tet_grid(resolution)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, vertices=verts, tets=tets)
-        os.replace(tmp, path)
+        from ..utils.atomic import staged_path
+
+        with staged_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, vertices=verts, tets=tets)
     except OSError as e:  # a read-only cache must not stop a run
         log.warning("could not cache the tet grid at %s (%s)", path, e)
     return verts, tets

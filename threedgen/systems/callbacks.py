@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import csv
-import os
 import time
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 
+from ..utils.atomic import staged_path
 from ..utils.images import depth_to_image, make_grid, save_png
 
 
 def atomic_save_checkpoint(trainer: pl.Trainer, path: Path) -> None:
     """Write to a temporary file and rename, so an interrupted save never corrupts ``last.ckpt``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    trainer.save_checkpoint(tmp)
-    os.replace(tmp, path)
+    with staged_path(path) as tmp:
+        trainer.save_checkpoint(tmp)
 
 
 class AtomicCheckpoint(pl.Callback):
@@ -106,12 +104,10 @@ class MetricsCSV(pl.Callback):
         keys: list[str] = []
         for r in self.rows:
             keys += [k for k in r if k not in keys]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        with staged_path(self.path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             w.writerows(self.rows)
-        os.replace(tmp, self.path)
 
 
 def save_view_grid(system, path: Path, cameras, extra_rows: bool = True) -> None:

@@ -46,6 +46,7 @@ from . import world as W
 from .claims import write_claims
 from .provenance import fingerprint, is_current
 from .render import render_scene
+from ..utils.atomic import write_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 ORBIT_AZIMUTHS = tuple(range(0, 360, 45))
@@ -213,9 +214,7 @@ def _run_job(recipe: Path, prompt: str, seed: int, scene, classifier, out: Path,
     row = {"recipe": _recipe_name(recipe), "prompt": prompt, "seed": seed, **score(rgb, alpha, scene, classifier),
            "wall_s": round(wall, 1), "peak_rss_mb": round(rss), "run": str(run), **provenance}
     save_png(rows_dir / f"{key}.png", make_grid([list(rgb[::2])]))
-    tmp = rows_dir / f".{key}.json.tmp"
-    tmp.write_text(json.dumps(row) + "\n")
-    os.replace(tmp, rows_dir / f"{key}.json")  # atomic: a killed shard never leaves half a row
+    write_bytes(rows_dir / f"{key}.json", (json.dumps(row) + "\n").encode())  # a killed shard never leaves half a row
     (rows_dir / f"{key}.error.txt").unlink(missing_ok=True)
     print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 

@@ -23,6 +23,7 @@ from ..data.cameras import RandomCameraSampler
 from ..prompts.views import VIEWS, view_index
 from . import world as W
 from .render import render_scene
+from ..utils.atomic import save_torch
 
 RENDER_VERSION = 1
 """Bump when the renderer's output changes, so stale caches are not reused."""
@@ -100,10 +101,7 @@ def load_dataset(
     if verbose:
         print(f"rendering toy dataset ({len(W.all_scenes()) * views_per_scene} images) -> {path}", flush=True)
     ds = build_dataset(views_per_scene, resolution, ssaa, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(ds, tmp)
-    os.replace(tmp, path)
+    save_torch(ds, path)
     return ds
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from ..data.cameras import CameraConfig, RandomCameraSampler
 from ..schedule import Schedule
 from . import world as W
 from .scene_builder import GROUND_Y, SH_C0, Placed, build_scene, insert_box
+from ..utils.atomic import save_torch
 
 EDIT_VERSION = 1
 """Bump when the rendered fields change, so stale caches are not reused."""
@@ -126,8 +126,5 @@ def load_edit_dataset(cache_dir: str = ".cache", **kw) -> dict:
     if path.is_file():
         return torch.load(path, weights_only=True)
     ds = build_edit_dataset(**kw)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(ds, tmp)
-    os.replace(tmp, path)
+    save_torch(ds, path)
     return ds

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import world as W
+from ..utils.atomic import save_torch
 
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000,
@@ -119,9 +119,7 @@ def require_toy_prior(base: Path) -> None:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    save_torch(obj, path)
 
 
 @torch.no_grad()
