@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from .config import ConfigError, load_config
+    from .systems.health import NonFiniteError
     from .utils.atomic import DiskError
 
     try:
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"\n{e or 'interrupted'}", file=sys.stderr)
         return 130
-    except DiskError as e:  # a full or read-only disk: every file written before it is intact
+    except (DiskError, NonFiniteError) as e:  # a full disk, NaN parameters: every file written before is intact
         print(f"error: {e}", file=sys.stderr)
         return 1
     except (ConfigError, ValueError, FileNotFoundError) as e:

@@ -43,7 +43,9 @@ class AtomicCheckpoint(pl.Callback):
         atomic_save_checkpoint(trainer, self.path)
 
     def on_exception(self, trainer, pl_module, exception):
-        if trainer.global_step > 0:
+        from .health import NonFiniteError
+
+        if trainer.global_step > 0 and not isinstance(exception, NonFiniteError):  # never save NaN over the last good state
             atomic_save_checkpoint(trainer, self.path)
 
 

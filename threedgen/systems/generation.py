@@ -22,6 +22,7 @@ from ..data.cameras import CameraBatch, CameraConfig, RandomCameraSampler, orbit
 from ..guidance.base import GuidanceInput
 from ..renderers.base import RenderOutput
 from ..schedule import Schedule
+from .health import NonFiniteError, first_nonfinite, nonfinite_message
 
 log = logging.getLogger("threedgen")
 
@@ -90,6 +91,7 @@ class GenerationSystem(pl.LightningModule):
         self._prompt_processor_spec = cfg.prompt_processor
         self._bundles: list = []  # one PromptBundle per guidance; never part of the checkpoint
         self.output_hooks: list = []  # callables(system, step) run after each training step
+        self.nonfinite_total = 0  # NaN/Inf guidance-gradient entries zeroed so far (checkpointed)
 
     # ---- prompts ---------------------------------------------------------------------------
     def prepare_prompts(self) -> None:
@@ -211,6 +213,8 @@ class GenerationSystem(pl.LightningModule):
             if not self.guidance_runs(i, step):
                 continue
             res = g(inp, bundle, step)
+            if "nonfinite" in res:
+                self.nonfinite_total += int(res["nonfinite"])
             w = w_sched(step)
             prefix = f"g{i}/" if len(self.guidances) > 1 else ""
             for k, v in res.items():
@@ -233,6 +237,7 @@ class GenerationSystem(pl.LightningModule):
             logs[f"train/w_reg_{name}"] = w
         if not total.requires_grad:  # every guidance skipped this step (probabilities) and no regulariser
             total = total + 0.0 * out.rgb.sum()
+        logs["train/nonfinite_total"] = float(self.nonfinite_total)
         logs["train/loss"] = float(total.detach())
         logs["train/alpha_mean"] = float(out.alpha.detach().mean())
         self._particle_renders = parts
@@ -256,6 +261,9 @@ class GenerationSystem(pl.LightningModule):
                 self.particle(i)[0].after_step(step, render)
         for hook in self.output_hooks:
             hook(self, step)
+        bad = first_nonfinite((n, p) for n, p in self.named_parameters() if p.requires_grad)  # before a checkpoint saves it
+        if bad is not None:
+            raise NonFiniteError(nonfinite_message(step, *bad))
 
     # ---- evaluation renders -----------------------------------------------------------------
     @torch.no_grad()
@@ -276,7 +284,11 @@ class GenerationSystem(pl.LightningModule):
 
     # ---- checkpoint --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["threedgen"] = {"prompt": self.cfg.prompt, "representation": self.cfg.representation.name}
+        checkpoint["threedgen"] = {"prompt": self.cfg.prompt, "representation": self.cfg.representation.name,
+                                   "nonfinite_total": self.nonfinite_total}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.nonfinite_total = int(checkpoint.get("threedgen", {}).get("nonfinite_total", 0))
 
 
 def seed_step(seed: int, step: int, stream: int) -> None:

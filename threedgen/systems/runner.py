@@ -19,6 +19,7 @@ import yaml
 
 from .. import registry
 from ..config import ConfigError, RunConfig, to_plain
+from .health import NonFiniteError
 
 log = logging.getLogger("threedgen")
 
@@ -189,6 +190,10 @@ def train(cfg: RunConfig, raw: dict, run_dir: Path, resume_ckpt: Optional[Path],
             trainer.fit(system, train_dataloaders=_step_loader(), ckpt_path=ckpt_path)
         except SystemExit as e:  # Lightning turns Ctrl-C into SystemExit after our on_exception save
             raise KeyboardInterrupt(f"interrupted; resume with --resume {stage.ckpt}") from e
+        except NonFiniteError as e:
+            good = f"{stage.ckpt} (step {_stage_state(stage.ckpt)[1]})" if stage.ckpt.is_file() else "none was written yet"
+            raise NonFiniteError(f"{e}; the last good checkpoint is {good}: lower that module's learning rate "
+                                 "(or the guidance's grad_clip) and resume from it") from None
         from .callbacks import atomic_save_checkpoint
 
         if stage.final != stage.ckpt:
