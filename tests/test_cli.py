@@ -67,9 +67,11 @@ def _tree(path: Path) -> set:
         (["--config", "tiny.yaml", "system.guidance=[{name: sds, prior: {model: no/such/model}}]"], "no/such/model"),
         (["--config", "tiny.yaml", "trainer.max_steps=-5"], "trainer.max_steps: expected an int >= 1"),
         (["--config", "tiny.yaml", "system.prompt="], "system.prompt is empty"),
-        (["--config", "tiny.yaml", "data.batch_size=0"], "data.batch_size: expected values >= 1"),
+        (["--config", "tiny.yaml", "data.batch_size=0"], "data.batch_size: expected values in [1, 1024]"),
         (["--config", "tiny.yaml", "data.fovy_range=[0, 50]"], "data.fovy_range: expected angles in (0, 180)"),
         (["--config", "tiny.yaml", "system.guidance=[{name: sds, guidance_scale: -3}]"], "guidance_scale must be >= 0"),
+        (["--config", "tiny.yaml", "system.guidance=[{name: sds}]", "system.prompt=a red dragon"],
+         "system.prompt 'a red dragon': 'dragon' not in the vocabulary of assets/toy-prior"),
     ],
 )
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, recipe, args, needle):

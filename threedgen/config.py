@@ -220,7 +220,53 @@ def from_dict(cls: type, data: Any, path: str = ""):
             kwargs[name] = _module_spec(raw, cat, f.metadata["weighted"], sub, default_name)
         else:
             kwargs[name] = _convert(raw, hints[name], sub)
+            _check_range(cls, name, kwargs[name], hints[name], sub)
     return cls(**kwargs)
+
+
+INT_LIMIT = 1 << 31
+"""Any int setting beyond this is refused (none is meaningful; 10**12 pixels or points exhaust memory)."""
+
+
+def _numbers(value: Any) -> list:
+    if isinstance(value, Schedule):
+        return list(value.knot_values)
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _numbers(v)]
+    return []
+
+
+def _check_range(cls: type, name: str, value: Any, tp: Any, path: str) -> None:
+    """Numbers a library would choke on, refused with the key path: NaN/inf anywhere, ints outside
+    [0, 2**31) unless the class widens them, learning rates (``lr*``) below 0, and each class's own
+    ``RANGES = {field: (low, high)}`` (None: unbounded; both ends inclusive)."""
+    nums = _numbers(value)
+    if not nums:
+        return
+    import math
+
+    if not all(math.isfinite(float(v)) for v in nums):
+        _fail(path, f"expected finite numbers, got {_raw(value)!r}")
+    lo, hi = getattr(cls, "RANGES", {}).get(name, (None, None))
+    if lo is None and (name.startswith("lr") or all(isinstance(v, int) for v in nums) and _is_int(tp)):
+        lo = 0
+    if hi is None and all(isinstance(v, int) for v in nums) and _is_int(tp):
+        hi = INT_LIMIT - 1
+    if (lo is not None and min(nums) < lo) or (hi is not None and max(nums) > hi):
+        want = f"in [{lo}, {hi}]" if lo is not None and hi is not None else f">= {lo}" if lo is not None else f"<= {hi}"
+        _fail(path, f"expected values {want}, got {_raw(value)!r}")
+
+
+def _is_int(tp: Any) -> bool:
+    return tp is int or int in typing.get_args(tp)
+
+
+def _raw(value: Any) -> Any:
+    return value.raw if isinstance(value, Schedule) else list(value) if isinstance(value, tuple) else value
 
 
 def to_plain(obj: Any) -> Any:
@@ -282,6 +328,11 @@ class TrainerConfig:
 @dataclass
 class ExportConfig:
     """What ``--export`` (and the end of training) writes into the run's ``export/``; see docs/export.md."""
+
+    RANGES = {"resolution": (8, 1024), "threshold": (0, None), "views": (1, 1000), "view_resolution": (8, 4096),
+              "refine_steps": (0, 100_000), "refine_lr": (0, 1), "decimate_tolerance": (0, 1), "texture_fit_steps": (0, 100_000),
+              "size_m": (1e-6, None), "target_faces": (0, 10_000_000), "min_component_fraction": (0, 1),
+              "texture_size": (16, 16384), "dilation": (0, 256), "metallic": (0, 1), "roughness": (0, 1)}
 
     formats: list[Literal["glb", "obj", "ply", "splat", "spz", "splat_glb"]] = field(
         default_factory=lambda: ["glb", "obj", "ply", "splat", "spz", "splat_glb"]
@@ -380,6 +431,15 @@ class RunConfig:
     system: Any = module("system", "generation")
     stages: list[StageConfig] = field(default_factory=list)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+    def __post_init__(self):
+        import re
+
+        if not re.fullmatch(r"[\w][\w.+-]{0,99}", self.name or "", flags=re.ASCII):
+            raise ConfigError(f"name: expected a folder name (letters, digits, '_', '.', '+', '-'; at most 100 "
+                              f"characters; it names outputs/<name>/), got {self.name!r}")
+        if self.threads is not None and not 1 <= self.threads <= 1024:
+            raise ConfigError(f"threads: expected null (torch's default) or an int in [1, 1024], got {self.threads!r}")
 
     def stage_configs(self, raw: dict) -> list[tuple[StageConfig, "RunConfig"]]:
         """Each stage's fully validated config (base merged with the stage's overrides)."""

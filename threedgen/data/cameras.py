@@ -19,6 +19,9 @@ from ..schedule import Schedule
 
 @dataclass
 class CameraConfig:
+    RANGES = {"elevation_range": (-90, 90), "distance_range": (1e-6, None), "fovy_range": (1e-3, 179.999),
+              "light_perturb": (0, None), "eval_elevation": (-90, 90), "eval_distance": (1e-6, None), "eval_fovy": (1e-3, 179.999),
+              "frames": (0, 256), "batch_size": (1, 1024), "width": (1, 4096), "height": (1, 4096)}
     batch_size: Schedule = field(default_factory=lambda: Schedule(4))
     width: Schedule = field(default_factory=lambda: Schedule(64))
     """Render width in pixels; a schedule switches resolution (e.g. [[0, 64], [5000, 64], [5001, 256]])."""
@@ -49,10 +52,10 @@ class CameraConfig:
         def bad(key, expected, got):
             raise ValueError(f"{prefix}.{key}: expected {expected}, got {got!r}")
 
-        for key in ("batch_size", "width", "height"):
-            low = min(getattr(self, key).knot_values)
-            if low < 1:
-                bad(key, "values >= 1", getattr(self, key).raw)
+        for key, top in (("batch_size", 1024), ("width", 4096), ("height", 4096)):
+            vals = getattr(self, key).knot_values
+            if not all(1 <= v <= top for v in vals):  # NaN fails too
+                bad(key, f"values in [1, {top}]", getattr(self, key).raw)
         for key in ("elevation_range", "azimuth_range", "distance_range", "fovy_range"):
             lo, hi = getattr(self, key)
             if lo > hi:

@@ -200,6 +200,14 @@ class ModelFolder:
         path = _hub_file(self.location, f"{subfolder}/{name}", self.cfg.revision)
         return json.loads(Path(path).read_text()) if path else {}
 
+    def vocabulary(self) -> Optional[frozenset]:
+        """The words the model was trained on, when its folder lists them in ``vocabulary.txt`` (one per
+        line; the toy priors do): a prompt with other words is refused rather than embedded as noise."""
+        f = Path(self.location) / "vocabulary.txt" if self.is_local else None
+        if f is None or not f.is_file():
+            return None
+        return frozenset(w.strip().lower() for w in f.read_text().split() if w.strip())
+
     def has(self, name: str) -> bool:
         entry = self.index.get(name)
         if self.is_local:

@@ -17,6 +17,7 @@ from .base import Guidance, GuidanceInput
 class PhotometricGuidance(Guidance):
     @dataclass
     class Config:
+        RANGES = {"mask_weight": (0, None)}
         target: str = "a red sphere"
         """A toy-world prompt naming the object to reconstruct."""
         mask_weight: float = 1.0

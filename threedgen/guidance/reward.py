@@ -21,6 +21,7 @@ from .base import Guidance, GuidanceInput
 class RewardGuidance(Guidance):
     @dataclass
     class Config:
+        RANGES = {"until_step": (-1, None), "resolution": (0, 4096)}
         critic: ModuleSpec = module("critic", "qwen_vl")
         """``qwen_vl`` (Qwen2-VL-class VLM), ``clip`` or ``toy`` (the toy classifier), with its settings."""
         until_step: int = -1

@@ -61,6 +61,8 @@ class ScoreGuidance(Guidance):
 
     @dataclass
     class Config:
+        RANGES = {"guidance_scale": (0, None), "min_step_percent": (0, 1), "max_step_percent": (0, 1), "views_per_level": (0, 4096),
+                  "grad_clip": (0, None)}
         prior: PriorConfig = field(default_factory=PriorConfig)
         guidance_scale: Schedule = field(default_factory=lambda: Schedule(7.5))
         """CFG scale, diffusers convention ``eps_u + s (eps_c - eps_u)`` (a paper's 100 is 101 here)."""

@@ -34,6 +34,7 @@ NAMES = ("cond", "uncond", "null", "cond_vd")
 class PromptProcessor:
     @dataclass
     class Config:
+        RANGES = {"front_threshold": (0, 180), "back_threshold": (0, 180), "overhead_threshold": (0, 90)}
         prompt: str = "a red cube"
         negative_prompt: str = ""
         """Replaces the empty prompt in CFG's unconditional branch (costs nothing extra)."""

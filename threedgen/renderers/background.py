@@ -26,6 +26,7 @@ class Background(nn.Module):
 class SolidBackground(Background):
     @dataclass
     class Config:
+        RANGES = {"color": (0, 1), "p": (0, 1)}
         color: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def __init__(self, cfg: "SolidBackground.Config"):
@@ -45,6 +46,7 @@ class RandomSolidBackground(SolidBackground):
 
     @dataclass
     class Config:
+        RANGES = {"color": (0, 1), "p": (0, 1)}
         color: tuple[float, float, float] = (1.0, 1.0, 1.0)
         p: float = 0.5
 
@@ -64,6 +66,7 @@ class MLPBackground(Background):
 
     @dataclass
     class Config:
+        RANGES = {"n_frequencies": (0, 16), "hidden": (1, 1024), "random_aug": (0, 1)}
         n_frequencies: int = 4
         hidden: int = 32
         lr: Schedule = Schedule(1e-3)

@@ -39,6 +39,8 @@ def viewmats_and_Ks(cameras: CameraBatch) -> tuple[torch.Tensor, torch.Tensor]:
 class GaussianRenderer(Renderer):
     @dataclass
     class Config:
+        RANGES = {"eps2d": (0, None), "near_plane": (1e-6, None), "far_plane": (1e-6, None), "radius_clip": (0, None),
+                  "tile_size": (1, 64), "chunk_pairs": (1, None)}
         backend: Literal["auto", "cuda", "torch"] = "auto"
         """auto: gsplat when the Gaussians are on CUDA and gsplat works, else the torch rasterizer."""
         packed: bool = False

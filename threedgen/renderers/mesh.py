@@ -100,6 +100,8 @@ class _NvdiffRaster:
 class MeshRenderer(Renderer):
     @dataclass
     class Config:
+        RANGES = {"random_shading_probs": (0, None), "ambient": (0, 10), "diffuse": (0, 10), "near": (1e-6, None), "far": (1e-6, None),
+                  "max_candidates": (1, None)}
         backend: Literal["auto", "cuda", "torch"] = "auto"
         shading: Literal["albedo", "lambertian", "textureless", "normal", "random"] = "albedo"
         random_shading_probs: tuple[float, float, float] = (0.2, 0.4, 0.4)

@@ -82,6 +82,10 @@ class OccupancyGrid(nn.Module):
 class VolumeRenderer(Renderer):
     @dataclass
     class Config:
+        RANGES = {"num_samples_per_ray": (1, 4096), "eval_samples_per_ray": (0, 16384), "chunk_rays": (0, 1 << 24),
+                  "occ_resolution": (1, 512), "occ_update_every": (1, None), "occ_threshold": (0, None), "occ_ema_decay": (0, 1),
+                  "alpha_threshold": (0, 1), "early_termination": (0, 1), "random_shading_probs": (0, None),
+                  "ambient": (0, 10), "diffuse": (0, 10)}
         num_samples_per_ray: int = 64
         """Samples per ray inside the AABB while training (torch); the CUDA path marches at step
         2*sqrt(3)*radius / this."""

@@ -49,6 +49,9 @@ def _default_grid() -> HashGridConfig:
 class DMTet(Representation):
     @dataclass
     class Config:
+        RANGES = {"radius": (1e-6, None), "tet_resolution": (4, 256), "max_deformation": (0, 1), "mlp_width": (1, 1024),
+                  "mlp_hidden_layers": (0, 16), "init_radius": (1e-6, None), "init_axes": (1e-6, None), "convert_resolution": (8, 512),
+                  "convert_views": (1, 1000), "convert_view_resolution": (8, 4096)}
         radius: float = 1.0
         """Half-size of the box the tet grid spans (world units); match the coarse NeRF's radius."""
         tet_resolution: int = 64

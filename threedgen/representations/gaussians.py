@@ -124,6 +124,8 @@ class _GroupView:
 class Gaussians(Representation):
     @dataclass
     class Config:
+        RANGES = {"num_points": (1, 1 << 24), "init_radius": (1e-6, None), "init_scale": (1e-8, None), "init_opacity": (1e-6, 0.999999),
+                  "init_color": (0, 1), "sh_degree": (0, 3), "min_scale": (0, None), "convert_resolution": (8, 512)}
         init: Literal["random_sphere", "sphere", "box"] = "random_sphere"
         """random_sphere: uniform in a ball with random colours (DreamGaussian); sphere / box: samples
         of that shape (surface or volume, ``init_surface``) in ``init_color``."""

@@ -32,6 +32,8 @@ PRIMES = (1, 2654435761, 805459861)
 
 @dataclass
 class HashGridConfig:
+    RANGES = {"n_levels": (1, 32), "n_features_per_level": (1, 8), "log2_hashmap_size": (4, 26),
+              "base_resolution": (1, 4096), "max_resolution": (1, 1 << 16)}
     n_levels: int = 16
     n_features_per_level: int = 2
     log2_hashmap_size: int = 19

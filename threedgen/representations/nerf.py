@@ -56,6 +56,9 @@ def _mlp(n_in: int, width: int, n_hidden: int, n_out: int) -> nn.Sequential:
 class NeRF(Representation):
     @dataclass
     class Config:
+        RANGES = {"radius": (1e-6, None), "mlp_width": (1, 1024), "mlp_hidden_layers": (0, 16), "density_blob_scale": (0, None),
+                  "density_blob_std": (1e-6, None), "n_dir_frequencies": (0, 16), "finite_difference_eps": (1e-8, None),
+                  "isosurface_chunk": (1, 1 << 24)}
         radius: float = 1.0
         """Half-size of the scene's axis-aligned bounding box (world units)."""
         grid: HashGridConfig = field(default_factory=HashGridConfig)

@@ -29,6 +29,7 @@ log = logging.getLogger("threedgen")
 
 @dataclass
 class OptimizerConfig:
+    RANGES = {"lr": (0, None), "betas": (0, 0.999999), "eps": (1e-30, 1), "weight_decay": (0, None)}
     name: Literal["adam", "adamw"] = "adam"
     lr: Schedule = field(default_factory=lambda: Schedule(0.01))
     """Default learning rate for groups that do not set their own."""
@@ -40,6 +41,7 @@ class OptimizerConfig:
 class GenerationSystem(pl.LightningModule):
     @dataclass
     class Config:
+        RANGES = {"val_views": (1, 256), "val_resolution": (8, 4096), "particles": (1, 64)}
         prompt: str = ""
         """The text prompt; passed to the prompt processor."""
         representation: ModuleSpec = module("representation", "nerf")
@@ -93,22 +95,26 @@ class GenerationSystem(pl.LightningModule):
         self.output_hooks: list = []  # callables(system, step) run after each training step
         self.nonfinite_total = 0  # NaN/Inf guidance-gradient entries zeroed so far (checkpointed)
 
+    def _processor(self):
+        pp_cfg = self._prompt_processor_spec.cfg
+        if self.cfg.prompt and hasattr(pp_cfg, "prompt"):
+            pp_cfg.prompt = self.cfg.prompt
+        return self._prompt_processor_spec.build()
+
+
     # ---- prompts ---------------------------------------------------------------------------
     def prepare_prompts(self) -> None:
         """Embed the prompt once per prior (cached on disk); guidances without a prior get None."""
         if self._bundles:
             return
-        pp_cfg = self._prompt_processor_spec.cfg
-        if self.cfg.prompt and hasattr(pp_cfg, "prompt"):
-            pp_cfg.prompt = self.cfg.prompt
         processor = None
         for g in self.guidances:
             prior = getattr(g, "prior", None)
             if prior is None:  # prior-less objectives (a reward, photometric) get the prompt's text
-                self._bundles.append(self.cfg.prompt or getattr(pp_cfg, "prompt", ""))
+                self._bundles.append(self.cfg.prompt or getattr(self._prompt_processor_spec.cfg, "prompt", ""))
                 continue
             if processor is None:
-                processor = self._prompt_processor_spec.build()
+                processor = self._processor()
             self._bundles.append(processor.bundle(prior))
 
     # ---- optimisation ----------------------------------------------------------------------

@@ -19,6 +19,7 @@ import yaml
 
 from .. import registry
 from ..config import ConfigError, RunConfig, to_plain
+from ..prompts.vocabulary import check_prompt_vocabulary
 from .health import NonFiniteError
 
 log = logging.getLogger("threedgen")
@@ -40,8 +41,11 @@ class Stage:
 def plan_stages(cfg: RunConfig, raw: dict, run_dir: Path) -> list[Stage]:
     ckpts = run_dir / "ckpts"
     if not cfg.stages:
+        check_prompt_vocabulary(cfg.system.cfg)
         return [Stage("main", cfg, ckpts / "last.ckpt", ckpts / "last.ckpt")]
     stages = [Stage(st.name, sub, ckpts / "last.ckpt", ckpts / f"{st.name}.ckpt") for st, sub in cfg.stage_configs(raw)]
+    for st in stages:
+        check_prompt_vocabulary(st.cfg.system.cfg)
     for prev, st in zip(stages, stages[1:]):  # a stage that takes its scene from a fixed kind says so before stage 1 trains
         rep, src = st.cfg.system.cfg.representation, prev.cfg.system.cfg.representation
         accepts = getattr(registry.get("representation", rep.name), "converts_from", None)

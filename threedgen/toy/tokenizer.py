@@ -63,6 +63,26 @@ def learn_merges(words) -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
+def write_tokenizer_files(out, words) -> None:
+    """``tokenizer/vocab.json`` + ``merges.txt`` (so the slow transformers CLIPTokenizer loads the
+    folder too) and ``vocabulary.txt``, the words the prior knows: prompts with others are refused
+    (``threedgen/guidance/model_folder.py``)."""
+    import json
+    from pathlib import Path
+
+    out = Path(out)
+    vocab, merges = learn_merges(words)
+    (out / "tokenizer" / "vocab.json").write_text(json.dumps(vocab, indent=0))
+    (out / "tokenizer" / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    write_vocabulary(out, words)
+
+
+def write_vocabulary(out, words) -> None:
+    from pathlib import Path
+
+    (Path(out) / "vocabulary.txt").write_text("".join(f"{w}\n" for w in sorted(set(words)) if w.isalpha()))
+
+
 def build_tokenizer(words=VOCABULARY):
     """Word-level CLIPTokenizer over ``words`` (default ``world.VOCABULARY``; padding with EOS to 77 tokens, like SD)."""
     from transformers import CLIPTokenizer

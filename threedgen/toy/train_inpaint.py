@@ -73,6 +73,8 @@ def save_inpaint_prior(out: Path, base: Path, unet, controlnet, extra: dict) -> 
     controlnet.save_pretrained(out / "controlnet", safe_serialization=True)
     for sub in ("text_encoder", "tokenizer"):
         shutil.copytree(base / sub, out / sub, dirs_exist_ok=True)
+    if (base / "vocabulary.txt").is_file():  # the prompts it knows are the base's
+        shutil.copy2(base / "vocabulary.txt", out / "vocabulary.txt")
     build_scheduler().save_pretrained(out / "scheduler")
     index = {
         "_class_name": "StableDiffusionControlNetInpaintPipeline", "_diffusers_version": diffusers.__version__,

@@ -77,17 +77,14 @@ def build_scheduler():
 def save_prior(out: Path, unet, text_encoder, tokenizer, extra: dict | None = None) -> None:
     """Write the diffusers folder layout (each component via ``save_pretrained``) plus ``model_index.json``."""
     import diffusers
-    from .tokenizer import learn_merges
+    from .tokenizer import write_tokenizer_files
     from .world import VOCABULARY
 
     out.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(out / "unet", safe_serialization=True)
     text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
     tokenizer.save_pretrained(out / "tokenizer")
-    # vocab.json + merges.txt as well, so slow (transformers 4.x) CLIPTokenizer loads the folder too
-    vocab, merges = learn_merges(VOCABULARY)
-    (out / "tokenizer" / "vocab.json").write_text(json.dumps(vocab, indent=0))
-    (out / "tokenizer" / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    write_tokenizer_files(out, VOCABULARY)
     build_scheduler().save_pretrained(out / "scheduler")
     index = {
         "_class_name": "ToyPriorPipeline",

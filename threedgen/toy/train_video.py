@@ -73,15 +73,13 @@ def extend_text_side(base: Path):
 def save_video_prior(out: Path, base: Path, unet, text_encoder, tokenizer, extra: dict) -> None:
     import diffusers
 
-    from .tokenizer import learn_merges
+    from .tokenizer import write_tokenizer_files
 
     out.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(out / "unet", safe_serialization=True)
     text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
     tokenizer.save_pretrained(out / "tokenizer")
-    vocab, merges = learn_merges(tuple(W.VOCABULARY) + MOTION_WORDS)
-    (out / "tokenizer" / "vocab.json").write_text(json.dumps(vocab, indent=0))
-    (out / "tokenizer" / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    write_tokenizer_files(out, tuple(W.VOCABULARY) + MOTION_WORDS)
     shutil.copytree(base / "scheduler", out / "scheduler", dirs_exist_ok=True)
     index = {"_class_name": "AnimateDiffPipeline", "_diffusers_version": diffusers.__version__,
              "unet": ["diffusers", "UNetMotionModel"], "text_encoder": ["transformers", "CLIPTextModel"],
