@@ -60,7 +60,7 @@ def _tree(path: Path) -> set:
         (["--config", "tiny.yaml", "system.representation.name=nerff"], "Did you mean 'nerf'"),
         (["--config", "tiny.yaml", "output_dir=afile/sub"], "not writable"),
         (["--config", "tiny.yaml", "--resume", "nope.ckpt"], "does not exist"),
-        (["--config", "tiny.yaml", "--resume", "afile"], "not a threedgen checkpoint"),
+        (["--config", "tiny.yaml", "--resume", "afile"], "could not be read"),
         (["--config", "tiny.yaml", "--test"], "need a trained run"),
         (["--train"], "--config is required"),
         (["--config", "tiny.yaml", "export.formats=[fbx]"], "export.formats.0: expected one of 'glb', 'obj'"),

@@ -167,6 +167,13 @@ def freeze(module):
     return module
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not readable JSON ({str(err).splitlines()[0]}); the model folder is damaged") from None
+
+
 class ModelFolder:
     """One diffusers model (folder or cached hub id) and the loading of its components.
 
@@ -207,6 +214,26 @@ class ModelFolder:
         if f is None or not f.is_file():
             return None
         return frozenset(w.strip().lower() for w in f.read_text().split() if w.strip())
+
+    def check_text_pairs(self) -> None:
+        """ValueError when a local tokenizer has token ids beyond its text encoder's embedding table
+        (``tokenizer.json`` vs ``text_encoder/config.json``; likewise ``_2`` and ``_3``): the pair does
+        not belong together, and embedding a prompt would fail with an index error at the first step."""
+        if not self.is_local:
+            return
+        root = Path(self.location)
+        for suffix in ("", "_2", "_3"):
+            tok, enc = root / f"tokenizer{suffix}" / "tokenizer.json", root / f"text_encoder{suffix}" / "config.json"
+            if not (tok.is_file() and enc.is_file()):
+                continue
+            t, e = _read_json(tok), _read_json(enc)
+            vocab = t.get("model", {}).get("vocab")
+            ids = list(vocab.values()) if isinstance(vocab, dict) else []
+            ids += [a.get("id", 0) for a in t.get("added_tokens", [])]
+            size = e.get("vocab_size") or e.get("text_config", {}).get("vocab_size")
+            if ids and size and max(ids) >= int(size):
+                raise ValueError(f"{tok} has token ids up to {max(ids)} but {enc} embeds only {size} tokens: the tokenizer "
+                                 "is not the one this text encoder was trained with; copy both from the same model")
 
     def has(self, name: str) -> bool:
         entry = self.index.get(name)

@@ -129,6 +129,7 @@ class Prior:
         self.text_encoder_loads = 0
         """How many times a text encoder was loaded (tests use it to prove a cache hit)."""
         self.folder = ModelFolder(cfg, self.dtype)
+        self.folder.check_text_pairs()
         self.location, self.is_local = self.folder.location, self.folder.is_local
         return self.folder
 

@@ -71,7 +71,9 @@ def check_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any failure means "not a checkpoint"
-        raise ConfigError(f"--resume {str(path)!r} is not a threedgen checkpoint ({type(e).__name__}); pass a last.ckpt written by a run") from None
+        why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise ConfigError(f"--resume {str(path)!r} could not be read ({why}): it is truncated, damaged or not a checkpoint; "
+                          "pass a last.ckpt written by a run (or an earlier copy of it)") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
         raise ConfigError(f"--resume {str(path)!r} is not a threedgen checkpoint (no state_dict/global_step)")
     return ckpt
