@@ -61,3 +61,15 @@ def test_training_writes_a_video_prior_the_interface_loads(tmp_path):
     bundle = PromptProcessor(PromptProcessor.Config(prompt="a red cube moving left", view_dependent=False)).bundle(prior)
     clips = prior.sample(bundle.cond, bundle.uncond, 7.5, n_steps=2, frames=8)
     assert clips.shape == (1, 3, 8, 32, 32) and torch.isfinite(clips).all()
+
+
+def test_motion_bench_reads_the_direction_of_a_moving_silhouette():
+    from threedgen.toy.motion_bench import alpha_centroids
+
+    for direction, (dx, dy) in {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}.items():
+        alpha = torch.zeros(8, 1, 32, 32)
+        for f in range(8):
+            x = 12 + dx * f
+            alpha[f, 0, 12 + dy * f : 20 + dy * f, x : x + 8] = 1.0
+        assert classify_motion(alpha_centroids(alpha)) == direction
+    assert classify_motion(alpha_centroids(torch.zeros(8, 1, 32, 32))) == "still"

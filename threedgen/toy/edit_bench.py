@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 
 from . import world as W
-from .bench import REPO, job_key, orbit, run_one, score
+from .bench import REPO, job_key, run_one, score
+from .run_measure import centred_orbit, load_run, opaque_bounds
 
 RECIPE = REPO / "configs" / "toy" / "edit-disds.yaml"
 
@@ -42,35 +43,13 @@ FIT_SCALES = (0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25)
 
 
 def centred_render(system, scale: float = 1.0):
-    """Orbit renders of the object alone, centred on the origin (the analytic objects' centre) at unit scale.
-
-    The object is moved so the middle of its opaque splats' bounding box is the origin: the IoU then
-    scores its shape, not where in the box SDS put it (a flat torus sits mid-box unless something asks
-    it onto the ground); ``ground_gap`` reports that placement separately."""
+    """Orbit renders of the object alone, centred on the origin (the analytic objects' centre), at the
+    toy objects' unit scale times ``scale``: the IoU scores its shape, not where in the box SDS put it
+    (a flat torus sits mid-box unless something asks it onto the ground); ``ground_gap`` reports that
+    placement separately."""
     from .edit_dataset import SCALE
 
-    obj = system.object_alone()  # centred on the box centre
-    centre, _ = _opaque_bounds(obj)
-    with torch.no_grad():
-        obj.params["means"].sub_(centre).mul_(scale / SCALE)
-        obj.params["scales"].add_(math.log(scale / SCALE))
-    obj.cfg.min_scale = obj.cfg.min_scale * scale / SCALE
-    outs = [system.renderer(obj, c, _White()) for c in (orbit()[i : i + 4] for i in (0, 4))]
-    return torch.cat([o.rgb for o in outs]).detach(), torch.cat([o.alpha for o in outs]).detach()
-
-
-def _opaque_bounds(gaussians, min_opacity: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
-    """(centre, lowest point) of the bounding box of the Gaussians at least ``min_opacity`` opaque."""
-    g = gaussians.activated()
-    keep = g["opacities"] >= min_opacity
-    m = g["means"][keep] if keep.any() else g["means"]
-    lo, hi = m.amin(0), m.amax(0)
-    return ((lo + hi) / 2).detach(), lo.detach()
-
-
-class _White:
-    def __call__(self, dirs):
-        return torch.ones_like(dirs)
+    return centred_orbit(system.renderer, system.object_alone(), scale / SCALE)
 
 
 def measure(system, scene: W.ToyScene) -> dict:
@@ -92,7 +71,7 @@ def measure(system, scene: W.ToyScene) -> dict:
                 fits[shape] = (iou, s)
     judged = classify(load_classifier(REPO / "assets" / "toy-prior" / "classifier"), rgb)  # the ToyBench judge
     votes = torch.bincount(judged["shape"], minlength=len(W.SHAPES))
-    _, low = _opaque_bounds(rep.object)
+    _, low = opaque_bounds(rep.object)
     means = rep.object.params["means"].detach()
     ref = read_splat_ply(Path(rep.cfg.scene) if not rep.cfg.scene.startswith("toy:") else _toy_path(rep.cfg.scene), rep.cfg.axes)
     identical = all(torch.equal(getattr(rep, f"bg_{k}").cpu(), torch.from_numpy(ref[k])) for k in ("means", "log_scales", "quats"))
@@ -117,15 +96,6 @@ def _toy_path(spec: str) -> Path:
     from .scene_builder import toy_scene_path
 
     return toy_scene_path(spec)
-
-
-def load_run(run: Path, recipe: Path, overrides: list[str]):
-    from ..config import load_config
-    from ..systems.runner import load_system, plan_stages
-
-    cfg, raw = load_config(recipe, overrides)
-    stage = plan_stages(cfg, raw, run)[-1]
-    return load_system(stage.cfg, stage.final)
 
 
 def table(rows: list[dict]) -> str:

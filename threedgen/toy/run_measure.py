@@ -1,0 +1,51 @@
+"""Measuring a finished toy run in this process: load its final system, render Gaussians centred on
+the analytic objects' centre over ToyBench's orbit. Shared by the edit bench and the motion bench."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import torch
+
+from .bench import orbit
+
+
+def load_run(run: Path, recipe: Path, overrides: list[str]):
+    """The system of a run's last stage, from its final checkpoint."""
+    from ..config import load_config
+    from ..systems.runner import load_system, plan_stages
+
+    cfg, raw = load_config(recipe, overrides)
+    stage = plan_stages(cfg, raw, run)[-1]
+    return load_system(stage.cfg, stage.final)
+
+
+class White:
+    """A white background for measuring renders (the analytic objects are scored on white)."""
+
+    def __call__(self, dirs):
+        return torch.ones_like(dirs)
+
+
+def opaque_bounds(gaussians, min_opacity: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centre, lowest point) of the bounding box of the Gaussians at least ``min_opacity`` opaque."""
+    g = gaussians.activated()
+    keep = g["opacities"] >= min_opacity
+    m = g["means"][keep] if keep.any() else g["means"]
+    lo, hi = m.amin(0), m.amax(0)
+    return ((lo + hi) / 2).detach(), lo.detach()
+
+
+@torch.no_grad()
+def centred_orbit(renderer, gaussians, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orbit renders (rgb ``[8,3,H,W]``, alpha ``[8,1,H,W]``) of ``gaussians`` (modified in place) moved so
+    the middle of their opaque splats is the origin and scaled by ``scale``: the IoU then scores the
+    shape, not where the run put it."""
+    centre, _ = opaque_bounds(gaussians)
+    gaussians.params["means"].sub_(centre).mul_(scale)
+    gaussians.params["scales"].add_(math.log(scale))
+    gaussians.cfg = dataclasses.replace(gaussians.cfg, min_scale=gaussians.cfg.min_scale * scale)  # its own copy
+    outs = [renderer(gaussians, c, White()) for c in (orbit()[i : i + 4] for i in (0, 4))]
+    return torch.cat([o.rgb for o in outs]).detach(), torch.cat([o.alpha for o in outs]).detach()
