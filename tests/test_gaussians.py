@@ -90,7 +90,7 @@ def test_min_scale_3d_filter_widens_small_gaussians_keeps_their_mass_and_is_expo
     torch.testing.assert_close(torch.sigmoid(d["logit_opacities"]), a["opacities"].detach(), rtol=1e-4, atol=1e-6)
     a["opacities"].sum().backward()  # the filter is differentiable w.r.t. the raw parameters
     assert rep.params["scales"].grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="min_scale must be >= 0"):
+    with pytest.raises(ValueError, match="min_scale: expected a number >= 0"):
         gaussians(min_scale=-0.1)
 
 

@@ -45,6 +45,13 @@ def test_inflated_unet_is_the_image_prior_per_frame_and_old_words_keep_their_emb
         b = old_te(tokenize(old_tok, ["a red cube", ""])).last_hidden_state
     torch.testing.assert_close(a, b)
     assert new_ids and len(tok.tokenize("moving left")) == 2
+    # the motion words start apart, as far apart as the old words are (not all at one shared row)
+    rows = te.get_input_embeddings().weight.detach()
+    old_rows = old_te.get_input_embeddings().weight.detach()
+    with torch.no_grad():
+        l, r = (te(tokenize(tok, [f"a red cube moving {d}"])).last_hidden_state for d in ("left", "right"))
+    assert (rows[new_ids[0]] - rows[new_ids[1]]).norm() > 0.5 * torch.cdist(old_rows[3:4], old_rows[4:5]).item()
+    assert (l - r).abs().max() > 1e-2
 
 
 def test_training_writes_a_video_prior_the_interface_loads(tmp_path):

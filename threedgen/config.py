@@ -251,14 +251,19 @@ def _check_range(cls: type, name: str, value: Any, tp: Any, path: str) -> None:
 
     if not all(math.isfinite(float(v)) for v in nums):
         _fail(path, f"expected finite numbers, got {_raw(value)!r}")
-    lo, hi = getattr(cls, "RANGES", {}).get(name, (None, None))
-    if lo is None and (name.startswith("lr") or all(isinstance(v, int) for v in nums) and _is_int(tp)):
-        lo = 0
-    if hi is None and all(isinstance(v, int) for v in nums) and _is_int(tp):
+    ranges = getattr(cls, "RANGES", {})
+    ints = _is_int(tp) and all(isinstance(v, int) for v in nums)
+    if name in ranges:
+        lo, hi = ranges[name]
+    else:
+        lo = 0 if ints or name.startswith("lr") else None
+        hi = None
+    if ints and hi is None:
         hi = INT_LIMIT - 1
     if (lo is not None and min(nums) < lo) or (hi is not None and max(nums) > hi):
         want = f"in [{lo}, {hi}]" if lo is not None and hi is not None else f">= {lo}" if lo is not None else f"<= {hi}"
-        _fail(path, f"expected values {want}, got {_raw(value)!r}")
+        what = ("an int" if _is_int(tp) else "a number") if len(nums) == 1 and not isinstance(value, (list, tuple)) else "values"
+        _fail(path, f"expected {what} {want}, got {_raw(value)!r}")
 
 
 def _is_int(tp: Any) -> bool:
@@ -297,6 +302,8 @@ def to_plain(obj: Any) -> Any:
 
 @dataclass
 class TrainerConfig:
+    RANGES = {"max_steps": (1, None), "log_every": (1, None), "ckpt_every": (1, None), "test_views": (1, 10_000),
+              "test_resolution": (8, 4096)}
     max_steps: int = 1000
     val_every: int = 200
     """Render a validation grid every this many steps (0: never)."""
@@ -329,10 +336,8 @@ class TrainerConfig:
 class ExportConfig:
     """What ``--export`` (and the end of training) writes into the run's ``export/``; see docs/export.md."""
 
-    RANGES = {"resolution": (8, 1024), "threshold": (0, None), "views": (1, 1000), "view_resolution": (8, 4096),
-              "refine_steps": (0, 100_000), "refine_lr": (0, 1), "decimate_tolerance": (0, 1), "texture_fit_steps": (0, 100_000),
-              "size_m": (1e-6, None), "target_faces": (0, 10_000_000), "min_component_fraction": (0, 1),
-              "texture_size": (16, 16384), "dilation": (0, 256), "metallic": (0, 1), "roughness": (0, 1)}
+    RANGES = {"refine_steps": (0, 100_000), "texture_fit_steps": (0, 100_000), "dilation": (0, 256),
+              "target_faces": (0, 10_000_000)}  # upper bounds; __post_init__ says the rest
 
     formats: list[Literal["glb", "obj", "ply", "splat", "spz", "splat_glb"]] = field(
         default_factory=lambda: ["glb", "obj", "ply", "splat", "spz", "splat_glb"]

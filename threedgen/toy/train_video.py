@@ -45,8 +45,10 @@ def motion_unet_from(base_unet):
 
 def extend_text_side(base: Path):
     """The toy tokenizer over the vocabulary plus ``MOTION_WORDS`` and the toy text encoder with its token
-    table re-indexed to it (old words keep their rows; new words start at the mean row). Returns
-    ``(tokenizer, text_encoder, new_token_ids)``."""
+    table re-indexed to it (old words keep their rows; each new word starts at its own random row, drawn
+    with the old rows' mean and per-dimension spread: started all at the mean row, "left" and "right" were
+    still 0.02 apart after 1,500 steps and the prior's loss was the same to five decimals with either
+    word, so it could not tell the directions apart). Returns ``(tokenizer, text_encoder, new_token_ids)``."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from .tokenizer import build_tokenizer
@@ -55,7 +57,8 @@ def extend_text_side(base: Path):
     te = CLIPTextModel.from_pretrained(base / "text_encoder")
     tok = build_tokenizer(tuple(W.VOCABULARY) + MOTION_WORDS)
     old = te.get_input_embeddings().weight.detach()
-    table = old.mean(0, keepdim=True).repeat(len(tok), 1)
+    g = torch.Generator().manual_seed(0)
+    table = old.mean(0) + old.std(0) * torch.randn(len(tok), old.shape[1], generator=g)
     old_vocab = old_tok.get_vocab()
     new_ids = []
     for token, i in tok.get_vocab().items():
@@ -102,6 +105,7 @@ def main(argv=None) -> None:
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--batch-size", type=int, default=4, help="clips per step")
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--embedding-lr-scale", type=float, default=10.0, help="learning-rate factor of the motion words' embeddings")
     ap.add_argument("--ema", type=float, default=0.995)
     ap.add_argument("--min-snr-gamma", type=float, default=5.0)
     ap.add_argument("--clips-per-pair", type=int, default=8, help="clips per (toy scene, motion) pair")
@@ -138,7 +142,8 @@ def main(argv=None) -> None:
     old_rows = torch.ones(len(tok), 1)
     old_rows[new_ids] = 0.0
     te.get_input_embeddings().weight.register_hook(lambda g: g * (1 - old_rows))  # only the motion words learn
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW([{"params": params[:-1]}, {"params": params[-1:], "lr_scale": args.embedding_lr_scale}],
+                            lr=args.lr, weight_decay=0.0)
     ema = [p.detach().clone() for p in params]
     sched = build_scheduler()
     acp = sched.alphas_cumprod.float()
@@ -191,7 +196,7 @@ def main(argv=None) -> None:
         a = acp[t].view(-1, 1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.lr, args.steps)
+            group["lr"] = lr_at(step, args.lr, args.steps) * group.get("lr_scale", 1.0)
         enc = te(ids[cap]).last_hidden_state.repeat_interleave(FRAMES, 0)
         pred = unet(xt, t, encoder_hidden_states=enc).sample
         w = loss_weights(t, acp, torch.zeros(len(idx), 1, 1, 1), args.min_snr_gamma, 0.0).view(-1, 1, 1, 1, 1)
