@@ -44,9 +44,9 @@ def test_registered_and_initialisations():
     r = gaussians(init="random_sphere", init_radius=0.5, num_points=2000)
     assert r.params["means"].norm(dim=-1).max() <= 0.5 and r.params["means"].norm(dim=-1).mean() > 0.3
     assert torch.allclose(torch.sigmoid(r.params["opacities"]), torch.tensor(0.1))
-    with pytest.raises(ValueError, match="sh_degree must be 0..3"):
+    with pytest.raises(ValueError, match="sh_degree: expected an int in \\[0, 3\\]"):
         gaussians(sh_degree=4)
-    with pytest.raises(ValueError, match="init_opacity must be strictly between 0 and 1"):
+    with pytest.raises(ValueError, match="init_opacity: expected a number in \\[1e-06, 0.999999\\]"):
         gaussians(init_opacity=1.0)
 
 

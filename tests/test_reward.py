@@ -187,5 +187,5 @@ def test_reward_guidance_stops_after_until_step_and_resizes():
     assert float(out["loss_reward"]) > 1 and out["loss_reward"].requires_grad
     late = g(GuidanceInput(rgb=x, cameras=cams), "a red sphere", 5)
     assert float(late["loss_reward"]) == 0 and not late["loss_reward"].requires_grad
-    with pytest.raises((ValueError, ConfigError), match="resolution must be >= 0"):
+    with pytest.raises((ValueError, ConfigError), match="resolution: expected an int in \\[0, 4096\\]"):
         build_module("guidance", {"name": "reward", "critic": {"name": "toy"}, "resolution": -1})

@@ -375,7 +375,7 @@ def test_particles_share_one_lora_and_keep_particle_zero_keys(tiny_sd_path):
     rr.prepare_prompts()
     rr.training_step(None, 0).backward()  # global_step is 0 without a trainer: particle 0 only
     assert rr.particle(0)[0].grid.params.grad is not None and rr.particle(1)[0].grid.params.grad is None
-    with pytest.raises(ValueError, match="particles must be >= 1"):
+    with pytest.raises(ValueError, match="particles: expected an int in \\[1, 64\\]"):
         _system(str(tiny_sd_path), particles=0)
 
 

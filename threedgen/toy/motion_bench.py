@@ -2,8 +2,9 @@
 
     python -m threedgen.toy.motion_bench --directions left right up down --seeds 0 1 --out motion-bench
 
-Per (direction, seed), after ``launch.py`` trains ``configs/toy/4d-gaussian.yaml`` in its own process
-on "<object> moving <direction>":
+Per (direction, seed), after ``launch.py`` trains the toy 4D recipe (``--recipe``; by default
+``RECIPE``, the Gaussian one that the toy video prior drives) in its own process on "<object> moving
+<direction>":
 
 - ``motion``: the object's centroid, from its alpha in renders of one fixed front view at the clip's 8
   times, classified as the toy video prior's gates classify sampled clips (dominant axis and sign of
