@@ -46,9 +46,11 @@ def motion_unet_from(base_unet):
 def extend_text_side(base: Path):
     """The toy tokenizer over the vocabulary plus ``MOTION_WORDS`` and the toy text encoder with its token
     table re-indexed to it (old words keep their rows; each new word starts at its own random row, drawn
-    with the old rows' mean and per-dimension spread: started all at the mean row, "left" and "right" were
-    still 0.02 apart after 1,500 steps and the prior's loss was the same to five decimals with either
-    word, so it could not tell the directions apart). Returns ``(tokenizer, text_encoder, new_token_ids)``."""
+    with the old rows' mean and per-dimension spread). Started all at the mean row, "left" and "right"
+    were still 0.02 apart after 1,500 steps. Distinct rows alone did not make the prior follow the
+    direction either (after 520 steps its denoising loss was equal to five decimals with the caption's
+    direction and the opposite one); see docs/4d.md. Returns
+    ``(tokenizer, text_encoder, new_token_ids)``."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from .tokenizer import build_tokenizer
