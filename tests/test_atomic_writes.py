@@ -90,7 +90,7 @@ def small_disk(tmp_path):
 
     yield make
     for m in mounts:
-        subprocess.run(["umount", str(m)], capture_output=True)
+        subprocess.run(["umount", "--lazy", str(m)], capture_output=True)  # lazy: a writer torch left open must not keep it
 
 
 def test_staged_write_on_a_full_disk_raises_a_disk_error_naming_it(small_disk):
