@@ -1,4 +1,5 @@
-"""Command line: ``launch.py --config C [--train | --test | --export] [--resume auto|PATH] [--gpu IDS] key=value ...``.
+"""Command line: ``launch.py --config C [--train | --test | --export] [--resume auto|PATH] [--gpu IDS] key=value ...``;
+``threedgen app`` (or ``launch.py --app``) starts the web app (threedgen/app/).
 
 Heavy imports happen after argument parsing, so ``--help`` is instant and imports no
 diffusers, transformers or CUDA library. Bad input (config, resume path, output folder)
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="launch.py",
         description="threedgen: text-to-3D by score distillation. Runs a recipe (YAML) with key=value overrides.",
-        epilog="example: python launch.py --config configs/toy/sds-nerf.yaml --train system.prompt=\"a red cube\"",
+        epilog="example: python launch.py --config configs/toy/sds-nerf.yaml --train system.prompt=\"a red cube\"; the web app: threedgen app (or launch.py --app)",
     )
     p.add_argument("--config", help="recipe YAML, e.g. configs/toy/sds-nerf.yaml (optional with --test/--export --resume PATH: the run's config.yaml)")
     mode = p.add_mutually_exclusive_group()
@@ -34,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["app"] or argv[:1] == ["--app"]:  # ``threedgen app`` / ``launch.py --app``: the web app
+        from .app import main as app_main
+
+        return app_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[threedgen] %(message)s")
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):

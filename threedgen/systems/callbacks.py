@@ -1,15 +1,16 @@
-"""Training side-effects: atomic checkpoints, a progress bar, metrics.csv and validation grids."""
+"""Training side-effects: atomic checkpoints, a progress bar, ``progress.json``, metrics.csv and validation grids."""
 
 from __future__ import annotations
 
 import csv
+import json
 import time
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 
-from ..utils.atomic import staged_path
+from ..utils.atomic import staged_path, write_bytes
 from ..utils.images import depth_to_image, make_grid, save_png
 
 
@@ -80,6 +81,40 @@ class ProgressBar(pl.Callback):
 
     def on_exception(self, trainer, pl_module, exception):
         self._close()
+
+
+class ProgressFile(pl.Callback):
+    """``progress.json`` in the run folder, rewritten (atomically) at most every ``every_s`` seconds:
+    stage (name, index, count), step and total, it/s over the last steps, ETA of the stage and of the
+    run. The web app (threedgen/app/jobs.py) reads it; anyone can ``watch cat`` it."""
+
+    def __init__(self, path: Path, stage: str, index: int, stages: list[tuple[str, int]], every_s: float = 1.0):
+        self.path, self.stage, self.index, self.stages, self.every_s = Path(path), stage, index, stages, every_s
+        self.marks: list[tuple[float, int]] = []
+        self.written = 0.0
+
+    def write(self, step: int, phase: str = "train") -> None:
+        now = time.time()
+        self.marks = (self.marks + [(now, step)])[-20:]
+        (t0, s0), (t1, s1) = self.marks[0], self.marks[-1]
+        rate = (s1 - s0) / (t1 - t0) if t1 > t0 and s1 > s0 else None
+        total = self.stages[self.index][1]
+        left = max(total - step, 0) + sum(n for _, n in self.stages[self.index + 1:])
+        doc = {"phase": phase, "stage": self.stage, "stage_index": self.index, "stages": [s for s, _ in self.stages],
+               "step": step, "total": total, "it_s": rate, "eta_s": None if rate is None else (total - step) / rate,
+               "run_eta_s": None if rate is None else left / rate, "time": now}
+        write_bytes(self.path, (json.dumps(doc) + "\n").encode())
+        self.written = now
+
+    def on_train_start(self, trainer, pl_module):
+        self.write(trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if time.time() - self.written >= self.every_s or trainer.global_step >= trainer.max_steps:
+            self.write(trainer.global_step)
+
+    def on_train_end(self, trainer, pl_module):
+        self.write(trainer.global_step, "stage done")
 
 
 class MetricsCSV(pl.Callback):

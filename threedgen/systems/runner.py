@@ -148,7 +148,7 @@ def train(cfg: RunConfig, raw: dict, run_dir: Path, resume_ckpt: Optional[Path],
     import lightning.pytorch as pl
 
     _quiet_lightning()
-    from .callbacks import AtomicCheckpoint, MetricsCSV, ProgressBar, ValidationGrid
+    from .callbacks import AtomicCheckpoint, MetricsCSV, ProgressBar, ProgressFile, ValidationGrid
 
     stages = plan_stages(cfg, raw, run_dir)
     resume_stage, _ = _stage_state(resume_ckpt)
@@ -176,6 +176,7 @@ def train(cfg: RunConfig, raw: dict, run_dir: Path, resume_ckpt: Optional[Path],
             MetricsCSV(run_dir / "metrics.csv", stage.cfg.trainer.log_every, stage.name),
             ValidationGrid(run_dir / "renders" / "val" / stage.name, stage.cfg.trainer.val_every),
             ProgressBar(stage.cfg.trainer.max_steps, f"{cfg.name}:{stage.name}", stage.cfg.trainer.progress_bar),
+            ProgressFile(run_dir / "progress.json", stage.name, i, [(s.name, s.cfg.trainer.max_steps) for s in stages]),
         ]
         trainer = pl.Trainer(
             max_steps=stage.cfg.trainer.max_steps,
@@ -302,8 +303,10 @@ def export(system, cfg: RunConfig, run_dir: Path) -> list[Path]:
     from its density (``density``: the Gaussians' splatted density field, NeRF's, DMTet's own), plus the
     report and preview when a renderer is available. A scene edit (``system: edit``) writes the edited
     scene's splats and, under ``export/object/``, the inserted object alone: splats, mesh, placement.
+    ``viewer.html`` (export/viewer.py) shows the top-level mesh and splats in a browser.
     """
     from ..export.files import check_writable, write_files
+    from ..export.viewer import with_viewer
 
     folder = run_dir / "export"
     check_writable(folder)  # before minutes of meshing
@@ -312,14 +315,14 @@ def export(system, cfg: RunConfig, run_dir: Path) -> list[Path]:
         from ..export.animation import animation_files
 
         files, frames = animation_files(rep, cfg.export, lambda t: scene_render(system, rep.frozen_at(t)))
-        return write_files(folder, files) + write_files(folder / "frames", frames)
+        return write_files(folder, with_viewer(files, cfg.export)) + write_files(folder / "frames", frames)
     if hasattr(system, "object_alone"):  # a scene edit: no mesh of a whole captured scene
         files = encode_representation(rep, cfg, None, mesh=False)
         obj = system.object_alone()
         obj_files = encode_representation(obj, cfg, scene_render(system, obj))
         obj_files["placement.json"] = system.placement()
-        return write_files(folder, files) + write_files(folder / "object", obj_files)
-    return write_files(folder, encode_representation(rep, cfg, scene_render(system)))
+        return write_files(folder, with_viewer(files, cfg.export)) + write_files(folder / "object", obj_files)
+    return write_files(folder, with_viewer(encode_representation(rep, cfg, scene_render(system)), cfg.export))
 
 
 def encode_representation(rep, cfg: RunConfig, render, mesh: bool = True) -> dict[str, bytes]:
@@ -335,7 +338,7 @@ def encode_representation(rep, cfg: RunConfig, render, mesh: bool = True) -> dic
 
             surface = SplatField(rep.splat_data())
     else:
-        skipped = [f for f in cfg.export.formats if f not in ("glb", "obj")]
+        skipped = [f for f in cfg.export.formats if f not in ("glb", "obj", "viewer")]
         if skipped:
             log.info("export: %s skipped: %s has no Gaussians", ", ".join(skipped), type(rep).__name__)
     if mesh:
