@@ -80,3 +80,14 @@ def test_motion_bench_reads_the_direction_of_a_moving_silhouette():
             alpha[f, 0, 12 + dy * f : 20 + dy * f, x : x + 8] = 1.0
         assert classify_motion(alpha_centroids(alpha)) == direction
     assert classify_motion(alpha_centroids(torch.zeros(8, 1, 32, 32))) == "still"
+
+
+def test_high_noise_share_draws_that_share_from_the_upper_half():
+    from threedgen.toy.train_video import draw_timesteps
+
+    g = torch.Generator().manual_seed(0)
+    uniform = draw_timesteps(4000, 1000, 0.0, g)
+    assert 0.45 < float((uniform >= 500).float().mean()) < 0.55 and int(uniform.min()) < 20
+    assert bool((draw_timesteps(500, 1000, 1.0, g) >= 500).all())
+    half = draw_timesteps(4000, 1000, 0.5, g)
+    assert 0.70 < float((half >= 500).float().mean()) < 0.80  # 0.5 + 0.5 * 0.5

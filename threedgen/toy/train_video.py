@@ -93,10 +93,19 @@ def save_video_prior(out: Path, base: Path, unet, text_encoder, tokenizer, extra
     (out / "training.json").write_text(json.dumps(extra, indent=2) + "\n")
 
 
-def trainable(unet, text_encoder) -> list[torch.nn.Parameter]:
-    """Motion modules, cross-attention layers and the token table (its old rows are masked in training)."""
-    ps = [p for n, p in unet.named_parameters() if "motion_modules" in n or ".attn2." in n]
+def trainable(unet, text_encoder, everything: bool = False) -> list[torch.nn.Parameter]:
+    """Motion modules, cross-attention layers (or every UNet weight) and the token table (its old rows
+    are masked in training); the token table is last."""
+    ps = [p for n, p in unet.named_parameters() if everything or "motion_modules" in n or ".attn2." in n]
     return ps + [text_encoder.get_input_embeddings().weight]
+
+
+def draw_timesteps(n: int, num_train: int, high_share: float, generator: torch.Generator) -> torch.Tensor:
+    """Uniform levels, except that a ``high_share`` of the batch is drawn from the upper half, where the
+    noisy clip no longer shows which way the object moves and only the caption can tell."""
+    t = torch.randint(0, num_train, (n,), generator=generator)
+    high = torch.rand(n, generator=generator) < high_share
+    return torch.where(high, torch.randint(num_train // 2, num_train, (n,), generator=generator), t)
 
 
 def main(argv=None) -> None:
@@ -111,12 +120,16 @@ def main(argv=None) -> None:
     ap.add_argument("--ema", type=float, default=0.995)
     ap.add_argument("--min-snr-gamma", type=float, default=5.0)
     ap.add_argument("--clips-per-pair", type=int, default=8, help="clips per (toy scene, motion) pair")
+    ap.add_argument("--train-all", action="store_true", help="train every UNet weight, not only the motion modules and cross-attention")
+    ap.add_argument("--high-noise-share", type=float, default=0.0, help="share of each batch drawn from the upper half of the noise levels")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--cache-dir", default=".cache")
     ap.add_argument("--ckpt-minutes", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    if not 0.0 <= args.high_noise_share <= 1.0:
+        ap.error(f"--high-noise-share is a share of the batch in [0, 1], got {args.high_noise_share}")
 
     from diffusers import UNet2DConditionModel
     from tqdm import tqdm
@@ -138,7 +151,7 @@ def main(argv=None) -> None:
     unet = motion_unet_from(UNet2DConditionModel.from_pretrained(base / "unet"))
     unet.requires_grad_(False)
     te.requires_grad_(False)
-    params = trainable(unet, te)
+    params = trainable(unet, te, args.train_all)
     for p in params:
         p.requires_grad_(True)
     old_rows = torch.ones(len(tok), 1)
@@ -194,7 +207,7 @@ def main(argv=None) -> None:
         x0 = clips[idx]
         cap = torch.where(torch.rand(len(idx), generator=g) < 0.1, torch.zeros_like(idx), cap_index[idx])
         noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
+        t = draw_timesteps(len(idx), sched.config.num_train_timesteps, args.high_noise_share, g)
         a = acp[t].view(-1, 1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for group in opt.param_groups:
