@@ -3,6 +3,7 @@ for the static stage and the per-frame SDS, zeroscope layout for video SDS) writ
 time, a frame sequence with its manifest, and an animated GLB (morph targets + animation) that the
 Khronos validator accepts."""
 
+import base64
 import json
 import os
 import subprocess
@@ -46,5 +47,7 @@ def test_4d_recipe_exports_frames_and_an_animated_glb(tmp_path, tiny_sd_path, ti
     assert anim["channels"][0]["target"]["path"] == "weights"
     assert gltf["accessors"][anim["samplers"][0]["input"]]["max"] == [0.75]  # 4 frames at 4 fps
     assert manifest["glb"]["morph_targets"] == 3
+    page = (run / "export" / "viewer.html").read_text()  # the page embeds the animated GLB (tests/test_viewer.py plays one)
+    assert base64.b64encode((run / "export" / "model.glb").read_bytes()).decode() in page
     issues = validate_glb(run / "export" / "model.glb")
     assert issues["numErrors"] == 0 and issues["numWarnings"] == 0, issues["messages"][:5]

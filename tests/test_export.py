@@ -16,8 +16,8 @@ import torch
 
 from threedgen.config import ConfigError, ExportConfig, from_dict
 from threedgen.export.bake import dilate, rasterize_uv
-from threedgen.export.mesh import MeshExporter, build_textured_mesh, encode_textured_mesh
-from threedgen.export.splat_field import SplatField, quat_to_matrix
+from threedgen.export.mesh import MeshExporter, build_textured_mesh
+from threedgen.export.splat_field import quat_to_matrix
 from threedgen.export.splats import C0, PLY_PROPERTIES, SplatExporter, check_splat_data, khr_glb_bytes, ply_bytes, splat_bytes, spz_available, to_axes
 from threedgen.systems import runner
 
@@ -461,7 +461,7 @@ def test_nerf_export_through_runner_skips_splat_formats(tmp_path, caplog):
     c = from_dict(ExportConfig, {"mesher": "density", "resolution": 32, "texture_size": 64, "target_faces": 500})
     with caplog.at_level("INFO", logger="threedgen"):
         paths = runner.export(SimpleNamespace(representation=nerf), SimpleNamespace(export=c), tmp_path)
-    assert sorted(p.name for p in paths) == ["model.glb", "model.mtl", "model.obj", "model_basecolor.png"]
+    assert sorted(p.name for p in paths) == ["model.glb", "model.mtl", "model.obj", "model_basecolor.png", "viewer.html"]
     for stage in ("extraction", "cleanup", "decimation", "unwrap", "bake"):
         assert f"export: {stage}" in caplog.text
 

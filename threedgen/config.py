@@ -316,6 +316,9 @@ class TrainerConfig:
     """Orbit frames rendered by --test (and at the end of training)."""
     test_resolution: int = 128
     export_at_end: bool = True
+    loggers: list[Literal["csv", "tensorboard", "wandb"]] = field(default_factory=lambda: ["csv"])
+    """Lightning loggers the run's scalars go to every ``log_every`` steps: csv (``metrics.csv``),
+    tensorboard (``<run>/tensorboard/``; needs the tensorboard package), wandb (needs wandb)."""
 
     def __post_init__(self):
         checks = [
@@ -330,6 +333,13 @@ class TrainerConfig:
         for key, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"trainer.{key}: expected {expected}, got {getattr(self, key)!r}")
+        import importlib.util
+
+        for name, modules, how in (("tensorboard", ("tensorboard", "tensorboardX"), "pip install tensorboard"),
+                                   ("wandb", ("wandb",), "pip install wandb")):
+            if name in self.loggers and not any(importlib.util.find_spec(m) for m in modules):
+                raise ConfigError(f"trainer.loggers: {name!r} needs the {modules[0]} package, which is not installed: "
+                                  f"{how}, or drop {name!r} from trainer.loggers")
 
 
 @dataclass
@@ -339,10 +349,11 @@ class ExportConfig:
     RANGES = {"refine_steps": (0, 100_000), "texture_fit_steps": (0, 100_000), "dilation": (0, 256),
               "target_faces": (0, 10_000_000)}  # upper bounds; __post_init__ says the rest
 
-    formats: list[Literal["glb", "obj", "ply", "splat", "spz", "splat_glb"]] = field(
-        default_factory=lambda: ["glb", "obj", "ply", "splat", "spz", "splat_glb"]
+    formats: list[Literal["glb", "obj", "ply", "splat", "spz", "splat_glb", "viewer"]] = field(
+        default_factory=lambda: ["glb", "obj", "ply", "splat", "spz", "splat_glb", "viewer"]
     )
-    """Mesh formats (glb, obj) for every representation; splat formats (ply, splat, spz, splat_glb) for Gaussian scenes."""
+    """Mesh formats (glb, obj) for every representation; splat formats (ply, splat, spz, splat_glb) for Gaussian
+    scenes; viewer: viewer.html, one self-contained page showing model.glb and gaussians.splat (those exported)."""
     mesher: Literal["solid", "density"] = "solid"
     """solid: a closed surface carved from the representation's renders (what no view sees through), refined
     against them; density: marching cubes of the representation's own density at ``threshold`` (the old path)."""

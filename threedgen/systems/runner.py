@@ -148,7 +148,8 @@ def train(cfg: RunConfig, raw: dict, run_dir: Path, resume_ckpt: Optional[Path],
     import lightning.pytorch as pl
 
     _quiet_lightning()
-    from .callbacks import AtomicCheckpoint, MetricsCSV, ProgressBar, ProgressFile, ValidationGrid
+    from .callbacks import AtomicCheckpoint, ProgressBar, ProgressFile, ValidationGrid
+    from .loggers import LogMetrics, build_loggers
 
     stages = plan_stages(cfg, raw, run_dir)
     resume_stage, _ = _stage_state(resume_ckpt)
@@ -173,7 +174,7 @@ def train(cfg: RunConfig, raw: dict, run_dir: Path, resume_ckpt: Optional[Path],
         prev_system = None  # release the previous stage (GPU memory) once this one is initialised
         callbacks = [
             AtomicCheckpoint(stage.ckpt, stage.cfg.trainer.ckpt_every, stage.name),
-            MetricsCSV(run_dir / "metrics.csv", stage.cfg.trainer.log_every, stage.name),
+            LogMetrics(stage.cfg.trainer.log_every, stage.name),
             ValidationGrid(run_dir / "renders" / "val" / stage.name, stage.cfg.trainer.val_every),
             ProgressBar(stage.cfg.trainer.max_steps, f"{cfg.name}:{stage.name}", stage.cfg.trainer.progress_bar),
             ProgressFile(run_dir / "progress.json", stage.name, i, [(s.name, s.cfg.trainer.max_steps) for s in stages]),
@@ -182,7 +183,7 @@ def train(cfg: RunConfig, raw: dict, run_dir: Path, resume_ckpt: Optional[Path],
             max_steps=stage.cfg.trainer.max_steps,
             accelerator=accelerator,
             devices=devices,
-            logger=False,
+            logger=build_loggers(stage.cfg.trainer.loggers, run_dir, f"{cfg.name}:{run_dir.name}") or False,
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
