@@ -1,8 +1,8 @@
-"""Training side-effects: atomic checkpoints, a progress bar, ``progress.json``, metrics.csv and validation grids."""
+"""Training side-effects: atomic checkpoints, a progress bar, ``progress.json`` and validation grids
+(metrics go through Lightning's loggers: threedgen/systems/loggers.py)."""
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -115,36 +115,6 @@ class ProgressFile(pl.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self.write(trainer.global_step, "stage done")
-
-
-class MetricsCSV(pl.Callback):
-    """Append every logged scalar to ``metrics.csv`` (columns grow as new keys appear)."""
-
-    def __init__(self, path: Path, every: int, stage: str):
-        self.path, self.every, self.stage = Path(path), max(1, every), stage
-        self.rows: list[dict] = []
-        self.t0 = time.perf_counter()
-        if self.path.is_file():
-            with open(self.path, newline="") as f:
-                self.rows = list(csv.DictReader(f))
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step = trainer.global_step
-        if step % self.every and step != trainer.max_steps:
-            return
-        row = {"stage": self.stage, "step": step, "time_s": round(time.perf_counter() - self.t0, 3)}
-        row.update({k: f"{v:.6g}" for k, v in getattr(pl_module, "_step_logs", {}).items()})
-        self.rows.append(row)
-        self.flush()
-
-    def flush(self):
-        keys: list[str] = []
-        for r in self.rows:
-            keys += [k for k in r if k not in keys]
-        with staged_path(self.path) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(self.rows)
 
 
 def save_view_grid(system, path: Path, cameras, extra_rows: bool = True) -> None:
