@@ -13,7 +13,7 @@ from threedgen.app.recipes import description, list_recipes, missing_models
 # small exports so the run finishes in about a minute on one CPU thread
 FAST = ("trainer.val_every=10", "trainer.test_views=4", "trainer.test_resolution=64", "export.views=8",
         "export.view_resolution=64", "export.refine_steps=0", "export.texture_fit_steps=5", "export.texture_size=256",
-        "export.resolution=48", "export.formats=[glb,splat]")
+        "export.resolution=48", "export.formats=[glb,splat,viewer]")
 
 
 def test_recipes_list_toy_ones_first_with_descriptions_and_missing_models():

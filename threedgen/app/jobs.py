@@ -203,11 +203,11 @@ def check_request(recipe: str, prompt: str, seed, steps) -> None:
         raise ValueError(f"seed must be in [0, 2^31), got {seed}")
     if steps is not None:
         if int(steps) != steps or not STEPS_RANGE[0] <= int(steps) <= STEPS_RANGE[1]:
-            raise ValueError(f"steps must be a whole number in [{STEPS_RANGE[0]}, {STEPS_RANGE[1]}] (the recipe's own count when empty), got {steps}")
+            raise ValueError(f"steps must be a whole number in [{STEPS_RANGE[0]}, {STEPS_RANGE[1]}] (0 or empty: the recipe's own), got {steps}")
     raw_recipe = load_raw(path)
     if steps is not None and raw_recipe.get("stages"):
         counts = ", ".join(f"{st.get('name', i)} {st.get('steps', '?')}" for i, st in enumerate(raw_recipe["stages"]))
-        raise ValueError(f"{recipe} runs in stages ({counts} steps); leave steps empty to use them")
+        raise ValueError(f"{recipe} runs in stages ({counts} steps); leave steps at 0 to use them")
     missing = missing_models(named_models(raw_recipe))
     if missing:
         raise ValueError(f"{recipe} needs a model this machine does not have: {missing[0]}")

@@ -73,26 +73,27 @@ def build(queue: RunQueue):
                 gr.Markdown(note)
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, label="Seed", elem_id="td-seed")
-                    steps = gr.Number(value=None, precision=0, label="Steps (empty: the recipe's)", elem_id="td-steps")
+                    steps = gr.Number(value=0, precision=0, label="Steps (0: the recipe's own)", elem_id="td-steps")
                 with gr.Row():
                     start = gr.Button("Start", variant="primary", elem_id="td-start")
                     stop = gr.Button("Stop", elem_id="td-stop")
                     resume = gr.Button("Resume", elem_id="td-resume")
-                status = gr.Textbox(label="Status", interactive=False, elem_id="td-status")
-                progress = gr.HTML(progress_html(None))
                 runs = gr.Markdown(elem_id="td-queue")
             with gr.Column(scale=3):
+                status = gr.Textbox(label="Status", interactive=False, elem_id="td-status")
+                progress = gr.HTML(progress_html(None))
                 val = gr.Image(label="Latest validation views", type="filepath", elem_id="td-val")
                 with gr.Row():
-                    mesh = gr.Model3D(label="Mesh (model.glb)", elem_id="td-mesh")
-                    splat = gr.Model3D(label="Gaussian splats", elem_id="td-splat")
-                video = gr.Video(label="Orbit", elem_id="td-video")
+                    # (azimuth, polar angle from +Y, distance): a three-quarter view from a little above, object in frame
+                    mesh = gr.Model3D(label="Mesh (model.glb)", elem_id="td-mesh", camera_position=(60, 70, 3.0), height=300)
+                    splat = gr.Model3D(label="Gaussian splats", elem_id="td-splat", camera_position=(60, 70, 3.0), height=300)
+                video = gr.Video(label="Orbit", elem_id="td-video", height=300, autoplay=True, loop=True)
                 files = gr.File(label="Exported files", file_count="multiple", elem_id="td-files")
         current = gr.State(None)
 
         def on_start(p, r, s, n):
             try:
-                job = queue.submit(r, p, 0 if s is None else s, None if n in (None, "") else n)
+                job = queue.submit(r, p, 0 if s is None else s, None if n in (None, "", 0) else n)
             except ValueError as e:
                 return None, f"error: {e}"
             ahead = sum(j.state in ("queued", "running") for j in queue.jobs if j.id != job.id)
