@@ -81,3 +81,13 @@ def test_tcnn_matches_torch_encoding():
     assert g._tcnn is not None and not g._tcnn_failed
     g.cfg.backend = "torch"
     torch.testing.assert_close(out_tcnn, g(x), atol=1e-4, rtol=1e-3)
+
+
+def test_init_scale_sets_the_table_spread_and_is_range_checked():
+    from threedgen.config import ConfigError, load_config
+
+    small = HashGrid(HashGridConfig(n_levels=2, log2_hashmap_size=8, base_resolution=4, max_resolution=8))
+    large = HashGrid(HashGridConfig(n_levels=2, log2_hashmap_size=8, base_resolution=4, max_resolution=8, init_scale=0.5))
+    assert float(small.params.abs().max()) <= 1e-4 < float(large.params.abs().max()) <= 0.5
+    with pytest.raises(ConfigError, match="init_scale"):
+        load_config("configs/toy/sds-nerf.yaml", ["system.representation.grid.init_scale=-1"])

@@ -8,7 +8,7 @@ field on either path (and a tcnn checkpoint loads into the torch grid):
 - a level whose dense grid ``res_l**3`` fits the table is indexed densely (``x + y*res + z*res**2``),
   otherwise by the spatial hash ``(x*1) ^ (y*2654435761) ^ (z*805459861) mod 2**T``;
 - level sizes are rounded up to a multiple of 8 and capped at ``2**T``; all levels live in one table
-  ``[sum(sizes), F]`` with per-level offsets, initialised U(-1e-4, 1e-4);
+  ``[sum(sizes), F]`` with per-level offsets, initialised U(-1e-4, 1e-4) (``init_scale``);
 - the 8 corners are blended trilinearly.
 
 All levels and corners are computed at once and gathered with a single index, which is what makes it
@@ -33,13 +33,16 @@ PRIMES = (1, 2654435761, 805459861)
 @dataclass
 class HashGridConfig:
     RANGES = {"n_levels": (1, 32), "n_features_per_level": (1, 8), "log2_hashmap_size": (4, 26),
-              "base_resolution": (1, 4096), "max_resolution": (1, 1 << 16)}
+              "base_resolution": (1, 4096), "max_resolution": (1, 1 << 16), "init_scale": (0.0, 10.0)}
     n_levels: int = 16
     n_features_per_level: int = 2
     log2_hashmap_size: int = 19
     base_resolution: int = 16
     max_resolution: int = 2048
     """Finest level resolution; sets the per-level growth factor."""
+    init_scale: float = 1e-4
+    """Table entries start U(-init_scale, init_scale) (tiny-cuda-nn's 1e-4: the field starts as the MLP's
+    constant output, i.e. as symmetric as the density bias)."""
     backend: Literal["auto", "cuda", "torch"] = "auto"
     """auto: tiny-cuda-nn's HashGrid when it imports and the inputs are on CUDA, else torch;
     cuda: require tiny-cuda-nn for CUDA inputs; torch: always the torch encoding."""
@@ -69,7 +72,7 @@ class HashGrid(nn.Module):
         assert not any(hashed[: self.n_dense]), hashed
         # flat like tcnn's params so the two paths can share one Parameter
         n_params = (offsets[-1] + sizes[-1]) * cfg.n_features_per_level
-        self.params = nn.Parameter(torch.empty(n_params).uniform_(-1e-4, 1e-4))
+        self.params = nn.Parameter(torch.empty(n_params).uniform_(-cfg.init_scale, cfg.init_scale))
         self.T = T
         self._tcnn = None  # built lazily on the first CUDA call; not a registered submodule
         self._tcnn_failed = False
