@@ -81,3 +81,14 @@ def test_a_run_is_stopped_resumed_and_finished_with_its_exports(tmp_path):
     assert done.latest_validation() is not None
     with pytest.raises(ValueError, match="no checkpoint to resume"):
         queue.resume(again.id)  # finished: nothing to resume
+
+
+def test_a_run_that_fails_shows_its_error_line_and_the_queue_goes_on(tmp_path):
+    # the request is fine; the run itself fails (an override the app adds to every run is wrong)
+    queue = RunQueue(tmp_path, extra_args=("export.formats=[glb,bogus]",))
+    first = queue.submit("configs/toy/sds-nerf.yaml", "a red cube", 0, 5)
+    second = queue.submit("configs/toy/sds-nerf.yaml", "a blue sphere", 0, 5)
+    for job in (first, second):
+        done = queue.wait(job.id, 120)
+        assert done.state == "failed", done.log[-5:]
+        assert done.error.startswith("error:") and "bogus" in done.error
