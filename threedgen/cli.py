@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--test", action="store_true", help="render the orbit video of a trained run (needs --resume)")
     mode.add_argument("--export", action="store_true", help="re-export a trained run into its export/ with the given export.* settings (needs --resume)")
     p.add_argument("--resume", metavar="auto|PATH", help="continue from a checkpoint (or a run folder: its ckpts/last.ckpt); 'auto' picks the latest run of this recipe and prompt")
+    p.add_argument("--prompts", metavar="FILE", help="train one run per line of FILE (blank and # lines skipped; a rerun skips finished prompts), then print a summary")
     p.add_argument("--gpu", metavar="IDS", help="comma-separated CUDA device ids (default: first GPU if any, else CPU)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted paths and list indices: system.guidance.0.guidance_scale=7.5")
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError, load_config
     from .systems.health import NonFiniteError
     from .utils.atomic import DiskError
+
+    if args.prompts:
+        return _batch(args)
 
     try:
         overrides = list(args.overrides) + (["trainer.progress_bar=false"] if args.quiet else [])
@@ -89,6 +93,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
+
+
+def _batch(args) -> int:
+    """``--prompts FILE``: every prompt checked first (exit 2 on bad input), then one run each (threedgen/batch.py)."""
+    from .batch import plan, read_prompts, run_batch
+    from .config import ConfigError
+
+    try:
+        if not args.config or args.test or args.export or args.resume:
+            raise ConfigError("--prompts trains a list of prompts: give --config RECIPE and no --test/--export/--resume "
+                              "(a rerun skips the prompts already finished)")
+        plan(args.config, read_prompts(Path(args.prompts)), list(args.overrides))
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return run_batch(args.config, args.prompts, list(args.overrides), args.gpu, args.quiet)
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to continue the batch", file=sys.stderr)
+        return 130
 
 
 def _config_path(args) -> str:
