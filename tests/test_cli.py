@@ -72,6 +72,8 @@ def _tree(path: Path) -> set:
         (["--config", "tiny.yaml", "system.guidance=[{name: sds, guidance_scale: -3}]"], "guidance_scale: expected a number >= 0"),
         (["--config", "tiny.yaml", "system.guidance=[{name: sds}]", "system.prompt=a red dragon"],
          "system.prompt 'a red dragon': 'dragon' not in the vocabulary of assets/toy-prior"),
+        (["--config", "tiny.yaml", "--gpu", "99"], "--gpu 99: "),  # no CUDA at all, or no GPU 99
+        (["--config", "tiny.yaml", "--gpu", "0,x"], "expected comma-separated device numbers"),
     ],
 )
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, recipe, args, needle):

@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     from .systems.health import NonFiniteError
     from .utils.atomic import DiskError
 
+    try:
+        check_gpus(args.gpu)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.prompts:
         return _batch(args)
 
@@ -93,6 +98,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
+
+
+def check_gpus(gpu: str | None) -> None:
+    """``--gpu IDS`` names CUDA devices this machine has; ConfigError (one line) otherwise."""
+    if gpu is None:
+        return
+    from .config import ConfigError
+
+    try:
+        ids = [int(i) for i in gpu.split(",") if i.strip()]
+    except ValueError:
+        raise ConfigError(f"--gpu {gpu!r}: expected comma-separated device numbers such as 0 or 0,1") from None
+    if not ids or len(set(ids)) != len(ids) or min(ids) < 0:
+        raise ConfigError(f"--gpu {gpu!r}: expected distinct device numbers >= 0 such as 0 or 0,1")
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        raise ConfigError(f"--gpu {gpu}: this machine has no CUDA GPU that torch can use; leave --gpu out to train on the CPU")
+    missing = [i for i in ids if i >= n]
+    if missing:
+        raise ConfigError(f"--gpu {gpu}: no GPU {', '.join(map(str, missing))} here; this machine has {n} (0..{n - 1})")
 
 
 def _batch(args) -> int:
