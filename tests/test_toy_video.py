@@ -91,3 +91,25 @@ def test_high_noise_share_draws_that_share_from_the_upper_half():
     assert bool((draw_timesteps(500, 1000, 1.0, g) >= 500).all())
     half = draw_timesteps(4000, 1000, 0.5, g)
     assert 0.70 < float((half >= 500).float().mean()) < 0.80  # 0.5 + 0.5 * 0.5
+
+
+def test_x0_weights_lift_only_the_noisy_levels_and_text_layers_can_train():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from threedgen.toy.train_prior import build_scheduler
+    from threedgen.toy.train_video import high_noise_weights, trainable
+
+    acp = build_scheduler().alphas_cumprod.float()
+    t = torch.tensor([10, 300, 600, 999])
+    assert torch.equal(high_noise_weights(t, acp, 1.0), torch.ones(4))
+    w = high_noise_weights(t, acp, 20.0)
+    snr = acp[t] / (1 - acp[t])
+    assert w[0] == 1.0 and w[1] == 1.0 and bool(snr[2] < 1) and w[2] == pytest.approx(float(1 / snr[2]), rel=1e-5)
+    assert w[3] == 20.0
+    te = CLIPTextModel(CLIPTextConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=16))
+    unet = torch.nn.Linear(2, 2)
+    table = te.get_input_embeddings().weight
+    assert trainable(unet, te)[-1] is table and len(trainable(unet, te)) == 1
+    with_text = trainable(unet, te, text_layers=True)
+    assert with_text[-1] is table and len(with_text) == sum(1 for _ in te.parameters())

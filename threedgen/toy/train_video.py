@@ -93,11 +93,23 @@ def save_video_prior(out: Path, base: Path, unet, text_encoder, tokenizer, extra
     (out / "training.json").write_text(json.dumps(extra, indent=2) + "\n")
 
 
-def trainable(unet, text_encoder, everything: bool = False) -> list[torch.nn.Parameter]:
-    """Motion modules, cross-attention layers (or every UNet weight) and the token table (its old rows
-    are masked in training); the token table is last."""
+def trainable(unet, text_encoder, everything: bool = False, text_layers: bool = False) -> list[torch.nn.Parameter]:
+    """Motion modules, cross-attention layers (or every UNet weight), the text encoder's layers when
+    asked, and the token table (its old rows are masked in training); the token table is last."""
     ps = [p for n, p in unet.named_parameters() if everything or "motion_modules" in n or ".attn2." in n]
-    return ps + [text_encoder.get_input_embeddings().weight]
+    table = text_encoder.get_input_embeddings().weight
+    if text_layers:
+        ps += [p for p in text_encoder.parameters() if p is not table]
+    return ps + [table]
+
+
+def high_noise_weights(t: torch.Tensor, alphas_cumprod: torch.Tensor, cap: float) -> torch.Tensor:
+    """``clamp(1 / SNR, 1, cap)`` per sample: the epsilon loss weighted as the clean-clip (x0) error where
+    the noise dominates. An epsilon error there is ``SNR`` times the x0 error it stands for (0.04 at t = 800
+    of 1000), so an unweighted loss hardly sees whether the predicted clip moves the right way, the
+    one thing only those levels decide. 1 (the default ``cap``) leaves the loss as it was."""
+    snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+    return (1.0 / snr).clamp(min=1.0, max=max(cap, 1.0))
 
 
 def draw_timesteps(n: int, num_train: int, high_share: float, generator: torch.Generator) -> torch.Tensor:
@@ -122,6 +134,8 @@ def main(argv=None) -> None:
     ap.add_argument("--clips-per-pair", type=int, default=8, help="clips per (toy scene, motion) pair")
     ap.add_argument("--train-all", action="store_true", help="train every UNet weight, not only the motion modules and cross-attention")
     ap.add_argument("--high-noise-share", type=float, default=0.0, help="share of each batch drawn from the upper half of the noise levels")
+    ap.add_argument("--x0-weight-cap", type=float, default=1.0, help="weight noisy levels as their clean-clip error, up to this factor (1: off)")
+    ap.add_argument("--train-text-encoder", action="store_true", help="also train the text encoder's layers (the frozen ones pass the new words only faintly)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--cache-dir", default=".cache")
@@ -130,6 +144,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if not 0.0 <= args.high_noise_share <= 1.0:
         ap.error(f"--high-noise-share is a share of the batch in [0, 1], got {args.high_noise_share}")
+    if not 1.0 <= args.x0_weight_cap <= 1e4:
+        ap.error(f"--x0-weight-cap is a factor in [1, 1e4] (1: off), got {args.x0_weight_cap}")
 
     from diffusers import UNet2DConditionModel
     from tqdm import tqdm
@@ -151,7 +167,7 @@ def main(argv=None) -> None:
     unet = motion_unet_from(UNet2DConditionModel.from_pretrained(base / "unet"))
     unet.requires_grad_(False)
     te.requires_grad_(False)
-    params = trainable(unet, te, args.train_all)
+    params = trainable(unet, te, args.train_all, args.train_text_encoder)
     for p in params:
         p.requires_grad_(True)
     old_rows = torch.ones(len(tok), 1)
@@ -215,6 +231,7 @@ def main(argv=None) -> None:
         enc = te(ids[cap]).last_hidden_state.repeat_interleave(FRAMES, 0)
         pred = unet(xt, t, encoder_hidden_states=enc).sample
         w = loss_weights(t, acp, torch.zeros(len(idx), 1, 1, 1), args.min_snr_gamma, 0.0).view(-1, 1, 1, 1, 1)
+        w = w * high_noise_weights(t, acp, args.x0_weight_cap).view(-1, 1, 1, 1, 1)
         loss = (w * (pred - noise).pow(2)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
