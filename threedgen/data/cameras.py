@@ -52,10 +52,11 @@ class CameraConfig:
         def bad(key, expected, got):
             raise ValueError(f"{prefix}.{key}: expected {expected}, got {got!r}")
 
-        for key, top in (("batch_size", 1024), ("width", 4096), ("height", 4096)):
+        for key in ("batch_size", "width", "height"):  # schedules: every knot within the key's RANGES
+            low, top = self.RANGES[key]
             vals = getattr(self, key).knot_values
-            if not all(1 <= v <= top for v in vals):  # NaN fails too
-                bad(key, f"values in [1, {top}]", getattr(self, key).raw)
+            if not all(low <= v <= top for v in vals):  # NaN fails too
+                bad(key, f"values in [{low}, {top}]", getattr(self, key).raw)
         for key in ("elevation_range", "azimuth_range", "distance_range", "fovy_range"):
             lo, hi = getattr(self, key)
             if lo > hi:

@@ -25,7 +25,6 @@ Rows go to ``<out>/rows/<job>.json`` (reruns skip them); ``<out>/edit_bench.md``
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -33,8 +32,8 @@ from pathlib import Path
 import torch
 
 from . import world as W
-from .bench import REPO, job_key, run_one, score
-from .run_measure import centred_orbit, load_run, opaque_bounds
+from .bench import REPO, score
+from .run_measure import centred_orbit, opaque_bounds, run_jobs
 
 RECIPE = REPO / "configs" / "toy" / "edit-disds.yaml"
 
@@ -131,19 +130,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out, recipe = Path(args.out), Path(args.recipe)
-    rows_dir = out / "rows"
-    rows_dir.mkdir(parents=True, exist_ok=True)
-    for prompt in args.prompts:
-        for seed in args.seeds:
-            f = rows_dir / f"{job_key('edit', prompt, seed)}.json"
-            if f.is_file():
-                continue
-            run, wall, rss = run_one(recipe, prompt, seed, out / "runs", args.overrides)
-            row = {"prompt": prompt, "seed": seed, "run": str(run), "wall_s": wall, "peak_rss_mb": rss,
-                   **measure(load_run(run, recipe, args.overrides), scenes[prompt])}
-            f.write_text(json.dumps(row, indent=2))
-            print(json.dumps({k: v for k, v in row.items() if k != "iou_by_shape"}), flush=True)
-    rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
+    jobs = [{"prompt": p, "seed": s} for p in args.prompts for s in args.seeds]
+    rows = run_jobs("edit", jobs, recipe, out, args.overrides, lambda system, job: measure(system, scenes[job["prompt"]]),
+                    hide=("iou_by_shape",))
     (out / "edit_bench.md").write_text(table(rows))
     print(table(rows))
     return 0

@@ -19,16 +19,15 @@ Rows go to ``<out>/rows/<job>.json`` (reruns skip them); ``<out>/motion_bench.md
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 from . import world as W
-from .bench import REPO, job_key, run_one, score
+from .bench import REPO, score
 from .evaluate_video import classify_motion
-from .run_measure import White, centred_orbit, load_run
+from .run_measure import White, centred_orbit, run_jobs
 
 RECIPE = REPO / "configs" / "toy" / "4d-gaussian.yaml"
 FRAMES = 8
@@ -91,20 +90,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out, recipe = Path(args.out), Path(args.recipe)
-    rows_dir = out / "rows"
-    rows_dir.mkdir(parents=True, exist_ok=True)
-    for seed in args.seeds:
-        for direction in args.directions:
-            prompt = f"{args.object} moving {direction}"
-            f = rows_dir / f"{job_key('motion', prompt, seed)}.json"
-            if f.is_file():
-                continue
-            run, wall, rss = run_one(recipe, prompt, seed, out / "runs", args.overrides)
-            row = {"prompt": prompt, "direction": direction, "seed": seed, "run": str(run), "wall_s": wall,
-                   "peak_rss_mb": rss, **measure(load_run(run, recipe, args.overrides), scene)}
-            f.write_text(json.dumps(row, indent=2))
-            print(json.dumps({k: v for k, v in row.items() if k not in ("centroids", "iou_per_frame")}), flush=True)
-    rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
+    jobs = [{"prompt": f"{args.object} moving {d}", "direction": d, "seed": s} for s in args.seeds for d in args.directions]
+    rows = run_jobs("motion", jobs, recipe, out, args.overrides, lambda system, job: measure(system, scene),
+                    hide=("centroids", "iou_per_frame"))
     (out / "motion_bench.md").write_text(table(rows))
     print(table(rows))
     return 0

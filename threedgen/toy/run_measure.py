@@ -1,15 +1,38 @@
-"""Measuring a finished toy run in this process: load its final system, render Gaussians centred on
-the analytic objects' centre over ToyBench's orbit. Shared by the edit bench and the motion bench."""
+"""Measuring finished toy runs in this process: run a bench's jobs (skipping those recorded), load a run's
+final system, render Gaussians centred on the analytic objects' centre over ToyBench's orbit. Shared by
+the edit bench and the motion bench."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from .bench import orbit
+from ..utils.atomic import write_bytes
+from .bench import job_key, orbit, run_one
+
+
+def run_jobs(kind: str, jobs: list[dict], recipe: Path, out: Path, overrides: list[str],
+             measure: Callable[[object, dict], dict], hide: tuple[str, ...] = ()) -> list[dict]:
+    """Train each job (``{"prompt", "seed", ...}``) not yet in ``<out>/rows`` in its own process, measure
+    its final system with ``measure(system, job)``, record the row at once (a rerun skips it; a bench
+    killed half-way keeps what it finished); returns every recorded row. ``hide``: row keys left out of
+    the progress line."""
+    rows_dir = out / "rows"
+    rows_dir.mkdir(parents=True, exist_ok=True)
+    for job in jobs:
+        f = rows_dir / f"{job_key(kind, job['prompt'], job['seed'])}.json"
+        if f.is_file():
+            continue
+        run, wall, rss = run_one(recipe, job["prompt"], job["seed"], out / "runs", overrides)
+        row = {**job, "run": str(run), "wall_s": wall, "peak_rss_mb": rss, **measure(load_run(run, recipe, overrides), job)}
+        write_bytes(f, json.dumps(row, indent=2).encode())
+        print(json.dumps({k: v for k, v in row.items() if k not in hide}), flush=True)
+    return [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*.json"))]
 
 
 def load_run(run: Path, recipe: Path, overrides: list[str]):
