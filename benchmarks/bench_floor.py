@@ -1,0 +1,207 @@
+"""Each main recipe's training step against its physical floor: steps/s, where the time goes, peak
+memory, and the overhead ratio.
+
+    python benchmarks/bench_floor.py                 # CPU: the toy recipes (toy prior), one thread
+    python benchmarks/bench_floor.py --full-size     # GPU: the SD recipes on an SD-2.1-size UNet + VAE, random weights
+
+Per recipe, one training step (render, objective, backward, optimiser) is timed over ``--steps``
+steps after warm-up, split by hooks into: render (the renderer's forward), prior (every denoiser
+forward call: the frozen prior's, VSD's LoRA model's), VAE encode (its forward), backward (all of ``loss.backward()``: render, VAE and
+representation), optimiser, and the rest (bookkeeping: prompts, schedules, noise, CFG arithmetic,
+logging). The **floor** is the same batch's bare calls of the frozen prior's denoiser (the
+calls the step made, replayed without a graph) plus the VAE encoder's forward and backward at the prior's resolution; the
+**overhead ratio** = step time / floor: 1.0 would mean the recipe costs only what its prior must.
+
+``--full-size`` builds a Stable-Diffusion-2.1-size folder (the UNet's real configuration: 865 M
+parameters; SD's VAE; a one-layer text encoder, since prompts are encoded once) with random weights,
+so nothing is downloaded and the compute is the real one. Absolute times mean something only on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+TOY = ["configs/toy/sds-nerf.yaml", "configs/toy/sds-gaussian.yaml", "configs/toy/vsd-nerf.yaml", "configs/toy/cds-nerf.yaml"]
+FULL = ["configs/dreamfusion-sd.yaml", "configs/gaussian-sds.yaml", "configs/prolificdreamer.yaml", "configs/consistent3d.yaml"]
+
+
+def sd21_size_folder(folder: Path, prediction_type: str = "epsilon") -> Path:
+    """A diffusers folder with Stable Diffusion 2.1's UNet and VAE configuration and random weights."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    UNet2DConditionModel(sample_size=64, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
+                         block_out_channels=(320, 640, 1280, 1280)).save_pretrained(folder / "unet")
+    AutoencoderKL(block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2,
+                  down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4).save_pretrained(folder / "vae")
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77).save_pretrained(folder / "tokenizer")
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=1024, intermediate_size=1024, num_hidden_layers=1,
+                                 num_attention_heads=8)).save_pretrained(folder / "text_encoder")
+    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                  prediction_type=prediction_type).save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"]}))
+    return folder
+
+
+def model_overrides(raw, folder: str, path: str = "") -> list[str]:
+    """``key=folder`` for every ``model`` key of a recipe (guidance priors, LoRA bases), stages included."""
+    out = []
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            p = f"{path}.{k}" if path else str(k)
+            out += [f"{p}={folder}"] if k == "model" and isinstance(v, str) else model_overrides(v, folder, p)
+    elif isinstance(raw, list):
+        for i, v in enumerate(raw):
+            out += model_overrides(v, folder, f"{path}.{i}")
+    return out
+
+
+class Timer:
+    """Sums the seconds between a module's forward pre-hook and forward hook (synchronising on CUDA)."""
+
+    def __init__(self, modules, sync):
+        self.total, self._start, self.sync, self.calls = 0.0, [], sync, []
+        self.handles = [h for m in modules if m is not None for h in (m.register_forward_pre_hook(self._pre, with_kwargs=True),
+                                                                       m.register_forward_hook(self._post, with_kwargs=True))]
+
+    def _pre(self, module, args, kwargs):
+        self.sync()
+        self._start.append(time.perf_counter())
+        keep = lambda v: v.detach().clone() if torch.is_tensor(v) else v  # noqa: E731
+        self.calls.append((module, [keep(a) for a in args], {k: keep(v) for k, v in kwargs.items()}))
+
+    def _post(self, module, args, kwargs, out):
+        self.sync()
+        self.total += time.perf_counter() - self._start.pop()
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def floor_seconds(prior, calls, sync, resolution: int, batch: int, device) -> float:
+    """The bare denoiser calls a step made (replayed with the same inputs, no graph) + VAE encode fwd+bwd."""
+    total = 0.0
+    with torch.no_grad():
+        for module, args, kwargs in calls:
+            sync()
+            t0 = time.perf_counter()
+            module(*args, **kwargs)
+            sync()
+            total += time.perf_counter() - t0
+    if getattr(prior, "vae", None) is not None:
+        x = torch.rand(batch, 3, resolution, resolution, device=device, requires_grad=True)
+        sync()
+        t0 = time.perf_counter()
+        prior.encode(x).sum().backward()
+        sync()
+        total += time.perf_counter() - t0
+    return total
+
+
+def denoisers(system) -> list:
+    """Every diffusion network the objectives run (the frozen prior's UNet/transformer, VSD's LoRA model, a
+    ControlNet): diffusers models held by the guidances or their priors (priors live outside the module
+    tree, so checkpoints do not carry them), VAEs left to their own timer."""
+    from diffusers import AutoencoderKL, ModelMixin
+
+    holders = list(system.guidances.modules()) + [g.prior for g in system.guidances if getattr(g, "prior", None) is not None]
+    found = []
+    for h in holders:
+        for m in vars(h).values():
+            m = getattr(m, "module", m)  # unregistered holders (the LoRA's UNet) keep the model in .module
+            if isinstance(m, ModelMixin) and not isinstance(m, AutoencoderKL) and not any(m is f or m in f.modules() for f in found):
+                found.append(m)
+    return found
+
+
+def bench(recipe: str, overrides: list[str], steps: int, device) -> dict:
+    from threedgen.config import load_config
+    from threedgen.systems.runner import build_system, plan_stages
+
+    cfg, raw = load_config(recipe, overrides)
+    cfg = plan_stages(cfg, raw, Path(tempfile.mkdtemp()))[0].cfg  # the first stage of staged recipes
+    system = build_system(cfg).to(device)
+    system.prepare_prompts()
+    opt = system.configure_optimizers()
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    priors = [g.prior for g in system.guidances if getattr(g, "prior", None) is not None]
+    prior = priors[0]
+    main = getattr(prior, "unet", None) or getattr(prior, "transformer", None)
+    parts = {"render": Timer([system.renderer], sync), "prior": Timer(denoisers(system), sync),
+             "vae": Timer([getattr(getattr(p, "vae", None), "encoder", None) for p in priors], sync)}
+    rows = []
+    for i in range(steps + 2):
+        for t in parts.values():
+            t.total, t.calls = 0.0, []
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        sync()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = system.training_step(None, i)
+        sync()
+        t1 = time.perf_counter()
+        loss.backward()
+        sync()
+        t2 = time.perf_counter()
+        opt.step()
+        sync()
+        t3 = time.perf_counter()
+        if i >= 2:  # two warm-up steps (occupancy grid, caches, cudnn autotuning)
+            rows.append({"step": t3 - t0, "backward": t2 - t1, "optimiser": t3 - t2,
+                         **{k: t.total for k, t in parts.items()}, "calls": [c for c in parts["prior"].calls if c[0] is main]})
+    for t in parts.values():
+        t.close()
+    med = {k: statistics.median(r[k] for r in rows) for k in ("step", "backward", "optimiser", "render", "prior", "vae")}
+    med["rest"] = max(med["step"] - sum(med[k] for k in ("backward", "optimiser", "render", "prior", "vae")), 0.0)
+    res = int(getattr(prior, "resolution", 64))
+    med["floor"] = statistics.median(floor_seconds(prior, rows[j]["calls"], sync, res, cfg.data.batch_size(0), device)
+                                     for j in range(min(3, len(rows))))
+    med["peak_mb"] = (torch.cuda.max_memory_allocated() / 2**20) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return med
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--recipes", nargs="+", default=None)
+    ap.add_argument("--full-size", action="store_true", help="SD-2.1-size random models (a GPU); default: the toy recipes")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("overrides", nargs="*", help="key=value overrides for every recipe")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    recipes = args.recipes or (FULL if args.full_size else TOY)
+    folder = str(sd21_size_folder(Path(tempfile.mkdtemp()) / "sd21-size")) if args.full_size else None
+    print(f"device={device} threads={torch.get_num_threads()} steps={args.steps} {'SD-2.1-size random models' if folder else 'toy prior'}")
+    print("| recipe | steps/s | step ms | render | prior fwd | VAE enc fwd | backward | optimiser | rest | floor ms | overhead | peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    from threedgen.recipe_files import load_raw
+
+    for recipe in recipes:
+        extra = model_overrides(load_raw(recipe), folder) if folder else []
+        m = bench(recipe, [*extra, *args.overrides], args.steps, device)
+        pct = lambda k: f"{100 * m[k] / m['step']:.0f}%"  # noqa: E731
+        print(f"| {Path(recipe).stem} | {1 / m['step']:.2f} | {1000 * m['step']:.0f} | {pct('render')} | {pct('prior')} | {pct('vae')} | "
+              f"{pct('backward')} | {pct('optimiser')} | {pct('rest')} | {1000 * m['floor']:.0f} | {m['step'] / m['floor']:.2f} | {m['peak_mb']:.0f} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
