@@ -171,7 +171,7 @@ def bench(recipe: str, overrides: list[str], steps: int, device) -> dict:
     med = {k: statistics.median(r[k] for r in rows) for k in ("step", "backward", "optimiser", "render", "prior", "vae")}
     med["rest"] = max(med["step"] - sum(med[k] for k in ("backward", "optimiser", "render", "prior", "vae")), 0.0)
     res = int(getattr(prior, "resolution", 64))
-    med["floor"] = statistics.median(floor_seconds(prior, rows[j]["calls"], sync, res, cfg.data.batch_size(0), device)
+    med["floor"] = statistics.median(floor_seconds(prior, rows[j]["calls"], sync, res, int(cfg.data.batch_size(0)), device)
                                      for j in range(min(3, len(rows))))
     med["peak_mb"] = (torch.cuda.max_memory_allocated() / 2**20) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return med
@@ -181,6 +181,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--recipes", nargs="+", default=None)
     ap.add_argument("--full-size", action="store_true", help="SD-2.1-size random models (a GPU); default: the toy recipes")
+    ap.add_argument("--model", help="a local diffusers folder every model key of the recipes is pointed at (default: the recipes' own)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every recipe")
@@ -188,8 +189,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     recipes = args.recipes or (FULL if args.full_size else TOY)
-    folder = str(sd21_size_folder(Path(tempfile.mkdtemp()) / "sd21-size")) if args.full_size else None
-    print(f"device={device} threads={torch.get_num_threads()} steps={args.steps} {'SD-2.1-size random models' if folder else 'toy prior'}")
+    folder = str(sd21_size_folder(Path(tempfile.mkdtemp()) / "sd21-size")) if args.full_size else args.model
+    print(f"device={device} threads={torch.get_num_threads()} steps={args.steps} {'SD-2.1-size random models' if args.full_size else folder or 'recipes as written'}")
     print("| recipe | steps/s | step ms | render | prior fwd | VAE enc fwd | backward | optimiser | rest | floor ms | overhead | peak MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     from threedgen.recipe_files import load_raw
