@@ -26,7 +26,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from ..utils.atomic import staged_path
 
 FIRST = ("stage", "step", "time_s")
-INSTALL = {"tensorboard": "pip install tensorboard", "wandb": "pip install wandb (and `wandb login`, or WANDB_MODE=offline)"}
 
 
 class _KeepingWriter(ExperimentWriter):
@@ -80,28 +79,9 @@ class RunCSVLogger(CSVLogger):
         self.save()
 
 
-def check_loggers(names: list[str]) -> None:
-    """Raise ImportError naming the package to install for a logger that is not installed."""
-    for name in names:
-        module = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(name)
-        if module is None:
-            continue
-        try:
-            __import__(module)
-        except ImportError:
-            if name == "tensorboard":
-                try:
-                    __import__("tensorboardX")
-                    continue
-                except ImportError:
-                    pass
-            raise ImportError(f"trainer.loggers names {name!r} but {module} is not installed: {INSTALL[name]}, "
-                              "or drop it from trainer.loggers") from None
-
-
 def build_loggers(names: list[str], run_dir: Path, run_name: str) -> list:
-    """The Lightning loggers ``trainer.loggers`` names, writing into the run folder."""
-    check_loggers(names)
+    """The Lightning loggers ``trainer.loggers`` names, writing into the run folder (a missing package is
+    refused earlier, by ``TrainerConfig``)."""
     out = []
     for name in names:
         if name == "csv":
