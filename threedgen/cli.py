@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         need_ckpt = args.test or args.export
         runner.plan_stages(cfg, raw, Path(cfg.output_dir))  # stage hand-overs checked before anything is written
         run_dir, ckpt = runner.resolve_run(cfg, args.resume, need_ckpt)
+        world = 1 if need_ckpt else runner.plan_devices(cfg, args.gpu)[2]
+        _check_external_launch(world)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -81,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             src = last.final if last.final.is_file() else ckpt
             system = runner.load_system(last.cfg, src)
         else:
-            system = runner.train(cfg, raw, run_dir, ckpt, gpu=args.gpu)
+            system = _train(runner, cfg, raw, run_dir, ckpt, args.gpu, world)
+            if world > 1 and runner.process_rank() != 0:
+                return 0  # rank 0 renders the orbit and exports
         if args.test or (args.train or not need_ckpt):
             folder = runner.test_renders(system, cfg, run_dir)
             log.info("orbit video: %s", folder / "orbit.mp4")
@@ -98,6 +102,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
+
+
+def _train(runner, cfg, raw, run_dir: Path, ckpt, gpu, world: int):
+    """Train; in a distributed run the processes Lightning starts (they rerun this command) are told
+    the run folder first, so that all of them write into one (threedgen/systems/distributed.py)."""
+    import os
+
+    from .systems.distributed import RUN_DIR_ENV
+
+    if world <= 1 or RUN_DIR_ENV in os.environ:
+        return runner.train(cfg, raw, run_dir, ckpt, gpu=gpu)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    try:
+        return runner.train(cfg, raw, run_dir, ckpt, gpu=gpu)
+    finally:
+        os.environ.pop(RUN_DIR_ENV, None)
+
+
+def _check_external_launch(world: int) -> None:
+    """torchrun / SLURM start every process of a multi-process run themselves: they must be told the
+    one run folder, or each would make its own."""
+    import os
+
+    from .config import ConfigError
+    from .systems.distributed import RUN_DIR_ENV
+
+    started_outside = any(k in os.environ for k in ("TORCHELASTIC_RUN_ID", "SLURM_PROCID")) or (
+        "LOCAL_RANK" in os.environ and RUN_DIR_ENV not in os.environ)
+    if world > 1 and started_outside and RUN_DIR_ENV not in os.environ:
+        raise ConfigError(f"this process was started by torchrun or SLURM for a {world}-process run: set {RUN_DIR_ENV}="
+                          "<a folder on a filesystem every machine shares> so that all processes write one run folder")
 
 
 def check_gpus(gpu: str | None) -> None:

@@ -303,7 +303,7 @@ def to_plain(obj: Any) -> Any:
 @dataclass
 class TrainerConfig:
     RANGES = {"max_steps": (1, None), "log_every": (1, None), "ckpt_every": (1, None), "test_views": (1, 10_000),
-              "test_resolution": (8, 4096)}
+              "test_resolution": (8, 4096), "devices": (1, 1024), "num_nodes": (1, 100_000)}
     max_steps: int = 1000
     val_every: int = 200
     """Render a validation grid every this many steps (0: never)."""
@@ -319,6 +319,12 @@ class TrainerConfig:
     loggers: list[Literal["csv", "tensorboard", "wandb"]] = field(default_factory=lambda: ["csv"])
     """Lightning loggers the run's scalars go to every ``log_every`` steps: csv (``metrics.csv``),
     tensorboard (``<run>/tensorboard/``; needs the tensorboard package), wandb (needs wandb)."""
+    devices: int = 1
+    """Processes per machine that train the scene together (Lightning DDP; each renders its share of
+    ``data.batch_size`` x devices x num_nodes views): GPUs on a GPU machine (``--gpu 0,1`` picks them),
+    CPU processes (gloo) otherwise. threedgen/systems/distributed.py."""
+    num_nodes: int = 1
+    """Machines in a multi-node run (torchrun or SLURM start one process per device on each; README)."""
 
     def __post_init__(self):
         checks = [
@@ -329,6 +335,8 @@ class TrainerConfig:
             ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "null (off) or a norm > 0"),
             ("test_views", self.test_views >= 1, "an int >= 1"),
             ("test_resolution", 8 <= self.test_resolution <= 4096, "an int in [8, 4096]"),
+            ("devices", 1 <= self.devices <= 1024, "an int in [1, 1024] (processes per machine)"),
+            ("num_nodes", self.num_nodes >= 1, "an int >= 1 (machines)"),
         ]
         for key, ok, expected in checks:
             if not ok:

@@ -15,9 +15,36 @@ from ..utils.images import depth_to_image, make_grid, save_png
 
 
 def atomic_save_checkpoint(trainer: pl.Trainer, path: Path) -> None:
-    """Write to a temporary file and rename, so an interrupted save never corrupts ``last.ckpt``."""
+    """Write to a temporary file and rename, so an interrupted save never corrupts ``last.ckpt``. In a
+    distributed run every rank enters the save (Lightning waits for all of them) and rank 0 writes."""
+    if not trainer.is_global_zero:
+        trainer.save_checkpoint(path)  # writes nothing on this rank; joins the save's barrier
+        return
     with staged_path(path) as tmp:
         trainer.save_checkpoint(tmp)
+
+
+class OnRankZero(pl.Callback):
+    """Runs a callback that writes files or prints (progress, validation grids) on rank 0 only."""
+
+    def __init__(self, inner: pl.Callback):
+        self.inner = inner
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            self.inner.on_train_start(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.is_global_zero:
+            self.inner.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_end(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            self.inner.on_train_end(trainer, pl_module)
+
+    def on_exception(self, trainer, pl_module, exception):
+        if trainer.is_global_zero:
+            self.inner.on_exception(trainer, pl_module, exception)
 
 
 class AtomicCheckpoint(pl.Callback):

@@ -22,6 +22,7 @@ from ..data.cameras import CameraBatch, CameraConfig, RandomCameraSampler, orbit
 from ..guidance.base import GuidanceInput
 from ..renderers.base import RenderOutput
 from ..schedule import Schedule
+from .distributed import gathered_screen_meta, rank_and_world, reduce_gradients
 from .health import NonFiniteError, first_nonfinite, nonfinite_message
 
 log = logging.getLogger("threedgen")
@@ -154,7 +155,7 @@ class GenerationSystem(pl.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx):
         step = self.global_step
-        seed_step(self._seed, step, 0)
+        seed_step(self._seed, step, 0, rank_and_world(self)[0])  # noise and timesteps: each rank its own
         for opt in self.trainer.optimizers:
             for pg, sched in zip(opt.param_groups, self._lr_schedules):
                 pg["lr"] = sched(step)
@@ -181,11 +182,11 @@ class GenerationSystem(pl.LightningModule):
         n = self.cfg.particles
         ids = list(range(n)) if self.cfg.particle_mode == "all" else [step % n]
         if ids == [0]:
-            cams = self.sampler.sample(step).to(self.device)
+            cams = self._sample_cameras(step, 1)
             out = self.render(cams, shading=self.cfg.shading)
             return out, cams, [(0, cams, out)]
         B = self.sampler.batch_size(step)
-        cams = self.sampler.sample(step, batch_size=B * len(ids)).to(self.device)  # one draw, split per particle
+        cams = self._sample_cameras(step, len(ids))  # one draw, split per particle
         parts = []
         for k, i in enumerate(ids):
             c = cams[k * B : (k + 1) * B]
@@ -194,6 +195,15 @@ class GenerationSystem(pl.LightningModule):
         cat = lambda name: None if getattr(outs[0], name) is None else torch.cat([getattr(o, name) for o in outs])  # noqa: E731
         out = RenderOutput(rgb=cat("rgb"), alpha=cat("alpha"), depth=cat("depth"), normal=cat("normal"))
         return out, cams, parts
+
+    def _sample_cameras(self, step: int, particles: int) -> CameraBatch:
+        """This rank's cameras of the step: the whole batch (``batch_size`` x particles x world size) is
+        drawn from (seed, step) on every rank and each renders its own slice, so N processes see what one
+        process with an N-times batch sees (threedgen/systems/distributed.py)."""
+        rank, world = rank_and_world(self)
+        n = self.sampler.batch_size(step) * particles
+        cams = self.sampler.sample(step, batch_size=n * world)
+        return (cams[rank * n : (rank + 1) * n] if world > 1 else cams).to(self.device)
 
     def guidance_input(self, out: RenderOutput, cameras: CameraBatch) -> GuidanceInput:
         """What the guidances see of this step's renders (a scene edit adds its edit mask)."""
@@ -250,6 +260,11 @@ class GenerationSystem(pl.LightningModule):
         self._step_logs = logs
         return total
 
+    def on_after_backward(self):
+        rank, world = rank_and_world(self)
+        if world > 1:  # before Lightning clips them and the optimiser steps
+            reduce_gradients([p for p in self.parameters() if p.requires_grad], self.trainer.strategy)
+
     def on_before_optimizer_step(self, optimizer):
         norms = {}
         for pg in optimizer.param_groups:
@@ -261,9 +276,12 @@ class GenerationSystem(pl.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         step = self.global_step  # already incremented by the optimizer step
-        seed_step(self._seed, step, 1)  # densification / occupancy refresh draw the same after a resume
+        seed_step(self._seed, step, 1)  # densification / occupancy refresh: the same after a resume and on every rank
+        _, world = rank_and_world(self)
         with torch.no_grad():
             for i, _, render in getattr(self, "_particle_renders", [(0, None, None)]):
+                if world > 1 and getattr(render, "meta", None):  # densify on every rank's views, identically
+                    render.meta = gathered_screen_meta(render.meta, self.trainer.strategy, world)
                 self.particle(i)[0].after_step(step, render)
         for hook in self.output_hooks:
             hook(self, step)
@@ -297,7 +315,7 @@ class GenerationSystem(pl.LightningModule):
         self.nonfinite_total = int(checkpoint.get("threedgen", {}).get("nonfinite_total", 0))
 
 
-def seed_step(seed: int, step: int, stream: int) -> None:
+def seed_step(seed: int, step: int, stream: int, rank: int = 0) -> None:
     """Seed the global random generators (torch on every device, Python, NumPy) from (seed, step, stream).
 
     Every draw a training step makes (noise, timesteps, background, ray jitter, occupancy refresh,
@@ -306,6 +324,8 @@ def seed_step(seed: int, step: int, stream: int) -> None:
     without the generator states having to be in the checkpoint (validation renders in between draw
     from the same generators)."""
     s = ((int(seed) & 0xFFFFFFFF) << 34) | ((int(step) & 0xFFFFFFFF) << 2) | (stream & 3)
+    if rank:  # the other ranks of a distributed run: their own draws (rank 0 keeps the single-process ones)
+        s = (s * 1_000_003 + rank) & ((1 << 63) - 1)
     torch.manual_seed(s)
     random.seed(s)
     try:

@@ -20,6 +20,7 @@ import yaml
 from .. import registry
 from ..config import ConfigError, RunConfig, to_plain
 from ..prompts.vocabulary import check_prompt_vocabulary
+from .distributed import build_strategy, process_rank, shared_run_dir
 from .health import NonFiniteError
 
 log = logging.getLogger("threedgen")
@@ -96,7 +97,13 @@ def new_run_dir(cfg: RunConfig) -> Path:
 
 
 def resolve_run(cfg: RunConfig, resume: Optional[str], need_ckpt: bool) -> tuple[Path, Optional[Path]]:
-    """(run folder, checkpoint to resume from or None). Creates nothing."""
+    """(run folder, checkpoint to resume from or None). Creates nothing. In a process that Lightning
+    (or torchrun/SLURM with ``THREEDGEN_RUN_DIR`` set) started for a distributed run, the shared folder."""
+    shared = shared_run_dir()
+    if shared and not need_ckpt:
+        run = Path(shared)
+        ckpt = run / "ckpts" / "last.ckpt"
+        return run, (ckpt if resume and ckpt.is_file() else None)
     if resume == "auto":
         run = find_latest_run(cfg)
         if run is None:
@@ -128,12 +135,23 @@ def build_system(stage_cfg: RunConfig):
     return GenerationSystem(stage_cfg.system.cfg, stage_cfg.data, stage_cfg.seed)
 
 
-def _accelerator(gpu: Optional[str]) -> tuple[str, object]:
-    if gpu and torch.cuda.is_available():
-        return "gpu", [int(i) for i in gpu.split(",") if i.strip()]
-    if gpu is None and torch.cuda.is_available():
-        return "gpu", 1
-    return "cpu", 1
+def plan_devices(cfg: RunConfig, gpu: Optional[str] = None) -> tuple[str, object, int]:
+    """(accelerator, Lightning's ``devices``, world size) for ``--gpu`` and ``trainer.devices``/``num_nodes``;
+    ConfigError (one line) when the run asks for more GPUs than this machine has."""
+    t = cfg.trainer
+    cuda = torch.cuda.is_available()
+    if gpu and cuda:
+        ids = [int(i) for i in gpu.split(",") if i.strip()]
+        if t.devices > 1 and t.devices != len(ids):
+            raise ConfigError(f"trainer.devices={t.devices} but --gpu {gpu} names {len(ids)} GPU(s); give one of the two")
+        return "gpu", ids, len(ids) * t.num_nodes
+    if cuda:
+        n = torch.cuda.device_count()
+        if t.devices > n:
+            raise ConfigError(f"trainer.devices={t.devices} asks for {t.devices} GPUs, but this machine has {n}; "
+                              f"set trainer.devices to at most {n}")
+        return "gpu", t.devices, t.devices * t.num_nodes
+    return "cpu", t.devices, t.devices * t.num_nodes
 
 
 def _stage_state(ckpt_path: Optional[Path]) -> tuple[Optional[str], int]:
@@ -148,12 +166,12 @@ def train(cfg: RunConfig, raw: dict, run_dir: Path, resume_ckpt: Optional[Path],
     import lightning.pytorch as pl
 
     _quiet_lightning()
-    from .callbacks import AtomicCheckpoint, ProgressBar, ProgressFile, ValidationGrid
+    from .callbacks import AtomicCheckpoint, OnRankZero, ProgressBar, ProgressFile, ValidationGrid
     from .loggers import LogMetrics, build_loggers
 
     stages = plan_stages(cfg, raw, run_dir)
     resume_stage, _ = _stage_state(resume_ckpt)
-    accelerator, devices = _accelerator(gpu)
+    accelerator, devices, world = plan_devices(cfg, gpu)
     system = prev = None
     prev_system = None  # the previous stage's system when it was trained in this process
     for i, stage in enumerate(stages):
@@ -162,7 +180,7 @@ def train(cfg: RunConfig, raw: dict, run_dir: Path, resume_ckpt: Optional[Path],
             prev, prev_system = stage, None
             continue
         system = build_system(stage.cfg)  # loads priors: a bad model path fails before anything is written
-        if not (run_dir / "config.yaml").is_file():
+        if not (run_dir / "config.yaml").is_file() and process_rank() == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False))
             log.info("run folder: %s", run_dir)
@@ -175,14 +193,16 @@ def train(cfg: RunConfig, raw: dict, run_dir: Path, resume_ckpt: Optional[Path],
         callbacks = [
             AtomicCheckpoint(stage.ckpt, stage.cfg.trainer.ckpt_every, stage.name),
             LogMetrics(stage.cfg.trainer.log_every, stage.name),
-            ValidationGrid(run_dir / "renders" / "val" / stage.name, stage.cfg.trainer.val_every),
-            ProgressBar(stage.cfg.trainer.max_steps, f"{cfg.name}:{stage.name}", stage.cfg.trainer.progress_bar),
-            ProgressFile(run_dir / "progress.json", stage.name, i, [(s.name, s.cfg.trainer.max_steps) for s in stages]),
+            OnRankZero(ValidationGrid(run_dir / "renders" / "val" / stage.name, stage.cfg.trainer.val_every)),
+            OnRankZero(ProgressBar(stage.cfg.trainer.max_steps, f"{cfg.name}:{stage.name}", stage.cfg.trainer.progress_bar)),
+            OnRankZero(ProgressFile(run_dir / "progress.json", stage.name, i, [(s.name, s.cfg.trainer.max_steps) for s in stages])),
         ]
         trainer = pl.Trainer(
             max_steps=stage.cfg.trainer.max_steps,
             accelerator=accelerator,
             devices=devices,
+            num_nodes=stage.cfg.trainer.num_nodes,
+            strategy=build_strategy(world, accelerator),
             logger=build_loggers(stage.cfg.trainer.loggers, run_dir, f"{cfg.name}:{run_dir.name}") or False,
             enable_checkpointing=False,
             enable_progress_bar=False,
