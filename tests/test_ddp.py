@@ -70,14 +70,19 @@ def test_two_gloo_processes_match_one_process_with_the_doubled_batch(tmp_path):
     assert len(lines) == 1 + 24 // 4, lines  # header + one row per log_every steps, written once
 
 
-def test_sds_with_two_processes_writes_one_run_and_exports_once(tmp_path):
-    r = _launch(REPO / "configs" / "toy" / "sds-gaussian.yaml", tmp_path, "trainer.devices=2", "data.batch_size=1",
-                "trainer.max_steps=6", "trainer.val_every=0", "trainer.test_views=2", "trainer.test_resolution=32",
-                "export.formats=[ply]")
+def test_sds_with_two_processes_writes_one_run_exports_once_and_resumes(tmp_path):
+    common = ["trainer.devices=2", "data.batch_size=1", "trainer.val_every=0", "trainer.test_views=2",
+              "trainer.test_resolution=32", "export.formats=[ply]"]
+    r = _launch(REPO / "configs" / "toy" / "sds-gaussian.yaml", tmp_path, *common, "trainer.max_steps=6")
     assert r.returncode == 0, r.stderr[-3000:]
     runs = list(tmp_path.glob("*/*@*"))
     assert len(runs) == 1
     assert (runs[0] / "export" / "gaussians.ply").is_file()
+    r = _launch(REPO / "configs" / "toy" / "sds-gaussian.yaml", tmp_path, *common, "trainer.max_steps=9", "--resume", "auto")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert list(tmp_path.glob("*/*@*")) == runs  # both processes continued the one run
+    ck = torch.load(runs[0] / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ck["global_step"] == 9
 
 
 def test_torchrun_style_start_without_a_shared_run_folder_is_refused(tmp_path):

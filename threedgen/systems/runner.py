@@ -100,7 +100,7 @@ def resolve_run(cfg: RunConfig, resume: Optional[str], need_ckpt: bool) -> tuple
     """(run folder, checkpoint to resume from or None). Creates nothing. In a process that Lightning
     (or torchrun/SLURM with ``THREEDGEN_RUN_DIR`` set) started for a distributed run, the shared folder."""
     shared = shared_run_dir()
-    if shared and not need_ckpt:
+    if shared and not need_ckpt and resume in (None, "auto"):  # an explicit --resume PATH is the same for every process
         run = Path(shared)
         ckpt = run / "ckpts" / "last.ckpt"
         return run, (ckpt if resume and ckpt.is_file() else None)
