@@ -17,7 +17,7 @@ from ..utils.images import depth_to_image, make_grid, save_png
 def atomic_save_checkpoint(trainer: pl.Trainer, path: Path) -> None:
     """Write to a temporary file and rename, so an interrupted save never corrupts ``last.ckpt``. In a
     distributed run every rank enters the save (Lightning waits for all of them) and rank 0 writes."""
-    if not trainer.is_global_zero:
+    if not getattr(trainer, "is_global_zero", True):  # (a bare object with save_checkpoint: one process)
         trainer.save_checkpoint(path)  # writes nothing on this rank; joins the save's barrier
         return
     with staged_path(path) as tmp:
