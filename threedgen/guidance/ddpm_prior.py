@@ -25,6 +25,7 @@ from typing import Optional, Union
 
 import torch
 
+from .camera_condition import camera_vectors, is_camera_conditioned
 from .model_folder import ModelFolder, PriorConfig, freeze
 from .prior_api import Conditioning, NoiseLevels, Prior
 
@@ -128,10 +129,14 @@ class DDPMPrior(Prior):
                                 controlnet_cond=cond.control.to(dev, net.dtype), conditioning_scale=self.cfg.controlnet_scale,
                                 return_dict=False)
             kw = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        if is_camera_conditioned(self.unet):  # a multi-view prior: each image's camera (zeros: unknown)
+            kw["class_labels"] = camera_vectors(None if cameras is None else cameras.c2w, x.shape[0]).to(dev)
         emb = cond.emb
         if self._emb_per_frame:
             emb = emb.repeat_interleave(x.shape[2], 0)
         with self._running(self.denoiser) as unet:
+            if "class_labels" in kw:
+                kw["class_labels"] = kw["class_labels"].to(unet.dtype)
             return unet(x.to(dev, unet.dtype), t, encoder_hidden_states=emb.to(dev, unet.dtype), **kw).sample
 
     # ---- text -------------------------------------------------------------------------------

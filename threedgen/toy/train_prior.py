@@ -61,11 +61,15 @@ Why 16x16: the white dot is ~2 pixels across at 16x16 and sub-pixel at 8x8; with
 step at ~0.86 s (batch 32, 2 CPU cores) against 0.64 s for the 8x8-only model; 8 heads of 8 cost 1.4 s."""
 
 
-def build_unet(seed: int = 0):
+def build_unet(seed: int = 0, camera: bool = False):
+    """The toy UNet; ``camera``: also conditioned on each image's camera (threedgen/guidance/camera_condition.py)."""
     from diffusers import UNet2DConditionModel
 
+    from ..guidance.camera_condition import CAMERA_DIM
+
     torch.manual_seed(seed)
-    return UNet2DConditionModel(**UNET_CONFIG)
+    extra = dict(class_embed_type="projection", projection_class_embeddings_input_dim=CAMERA_DIM) if camera else {}
+    return UNet2DConditionModel(**UNET_CONFIG, **extra)
 
 
 def build_scheduler():
@@ -149,9 +153,24 @@ def _load_weights(folder: Path, unet, text_encoder) -> None:
 
     if not (folder / "unet").is_dir() or not (folder / "text_encoder").is_dir():
         raise SystemExit(f"--init-from {folder}: not a prior folder (needs unet/ and text_encoder/)")
-    unet.load_state_dict(UNet2DConditionModel.from_pretrained(folder / "unet").state_dict())
+    missing, unexpected = unet.load_state_dict(UNet2DConditionModel.from_pretrained(folder / "unet").state_dict(), strict=False)
+    if unexpected or any(not k.startswith("class_embedding.") for k in missing):
+        raise SystemExit(f"--init-from {folder}: its UNet is not this one's architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if missing:  # a camera embedding added to a text-only prior: its output starts at 0, so the prior starts unchanged
+        torch.nn.init.zeros_(unet.class_embedding.linear_2.weight)
+        torch.nn.init.zeros_(unet.class_embedding.linear_2.bias)
     text_encoder.load_state_dict(CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict())
     print(f"initialised from {folder}", flush=True)
+
+
+def _camera_table(ds: dict) -> torch.Tensor:
+    """``[N,16]`` camera vectors of the dataset's images (from their elevation, azimuth and distance)."""
+    from ..data.cameras import make_cameras
+    from ..guidance.camera_condition import camera_vectors
+
+    n = len(ds["elevation"])
+    cams = make_cameras(ds["elevation"], ds["azimuth"], ds["distance"], ds["fovy"], 32, 32)
+    return camera_vectors(cams.c2w, n)
 
 
 def image_weights(shapes: torch.Tensor, specs: list[str]) -> torch.Tensor | None:
@@ -202,6 +221,8 @@ def main(argv=None) -> None:
                     help="start from the weights of a saved prior folder (fine-tuning a shipped prior longer)")
     ap.add_argument("--shape-weight", action="append", default=[], metavar="SHAPE=W",
                     help="draw this shape's images W times as often (e.g. cube=2 for the hardest shape)")
+    ap.add_argument("--camera", action="store_true", help="condition on each image's camera (a multi-view prior; "
+                    "10%% of images train with the camera unknown)")
     ap.add_argument("--no-interim-export", action="store_true",
                     help="export the folder only at the end (not at each checkpoint), e.g. while others use it")
     args = ap.parse_args(argv)
@@ -223,7 +244,8 @@ def main(argv=None) -> None:
     tokenizer = build_tokenizer()
     caption_ids = tokenize(tokenizer, [""] + all_captions())  # [1 + C, 77]
     text_encoder = build_text_encoder(tokenizer, seed=args.seed)
-    unet = build_unet(seed=args.seed)
+    unet = build_unet(seed=args.seed, camera=args.camera)
+    cams = _camera_table(ds) if args.camera else None
     sched = build_scheduler()
     alphas_cumprod = sched.alphas_cumprod.float()
     if args.init_from:
@@ -271,7 +293,7 @@ def main(argv=None) -> None:
 
     def export():
         # copy EMA weights into fresh modules and save them in the diffusers layout
-        e_unet, e_te = build_unet(), build_text_encoder(tokenizer)
+        e_unet, e_te = build_unet(camera=args.camera), build_text_encoder(tokenizer)
         e_params = list(e_unet.parameters()) + list(e_te.parameters())
         with torch.no_grad():
             for p, e in zip(e_params, ema):
@@ -311,7 +333,10 @@ def main(argv=None) -> None:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.steps)
         enc = text_encoder(caption_ids[cap]).last_hidden_state
-        pred = unet(xt, t, enc).sample
+        kw = {}
+        if cams is not None:  # 10% with the camera unknown (zeros), as sampling without cameras passes
+            kw["class_labels"] = cams[idx] * (torch.rand(len(idx), 1, generator=g) >= 0.1)
+        pred = unet(xt, t, enc, **kw).sample
         err = (pred - noise).pow(2)
         w = loss_weights(t, alphas_cumprod, marker_masks[idx], args.min_snr_gamma, args.marker_weight)
         opt.zero_grad(set_to_none=True)
