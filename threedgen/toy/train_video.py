@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from . import world as W
-from .train_prior import _atomic_save, _ema_update, build_scheduler, checkpoint_path, loss_weights, lr_at, require_toy_prior
+from .train_prior import (_atomic_save, _ema_update, build_scheduler, checkpoint_path, draw_timesteps, high_noise_weights,  # noqa: F401
+                          loss_weights, lr_at, require_toy_prior)
 from .video_dataset import FRAMES, MOTION_WORDS, load_clip_dataset
 
 
@@ -101,23 +102,6 @@ def trainable(unet, text_encoder, everything: bool = False, text_layers: bool = 
     if text_layers:
         ps += [p for p in text_encoder.parameters() if p is not table]
     return ps + [table]
-
-
-def high_noise_weights(t: torch.Tensor, alphas_cumprod: torch.Tensor, cap: float) -> torch.Tensor:
-    """``clamp(1 / SNR, 1, cap)`` per sample: the epsilon loss weighted as the clean-clip (x0) error where
-    the noise dominates. An epsilon error there is ``SNR`` times the x0 error it stands for (0.04 at t = 800
-    of 1000), so an unweighted loss hardly sees whether the predicted clip moves the right way, the
-    one thing only those levels decide. 1 (the default ``cap``) leaves the loss as it was."""
-    snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
-    return (1.0 / snr).clamp(min=1.0, max=max(cap, 1.0))
-
-
-def draw_timesteps(n: int, num_train: int, high_share: float, generator: torch.Generator) -> torch.Tensor:
-    """Uniform levels, except that a ``high_share`` of the batch is drawn from the upper half, where the
-    noisy clip no longer shows which way the object moves and only the caption can tell."""
-    t = torch.randint(0, num_train, (n,), generator=generator)
-    high = torch.rand(n, generator=generator) < high_share
-    return torch.where(high, torch.randint(num_train // 2, num_train, (n,), generator=generator), t)
 
 
 def main(argv=None) -> None:
