@@ -128,8 +128,7 @@ def _check_external_launch(world: int) -> None:
     from .config import ConfigError
     from .systems.distributed import RUN_DIR_ENV
 
-    started_outside = any(k in os.environ for k in ("TORCHELASTIC_RUN_ID", "SLURM_PROCID")) or (
-        "LOCAL_RANK" in os.environ and RUN_DIR_ENV not in os.environ)
+    started_outside = any(k in os.environ for k in ("TORCHELASTIC_RUN_ID", "SLURM_PROCID", "LOCAL_RANK"))
     if world > 1 and started_outside and RUN_DIR_ENV not in os.environ:
         raise ConfigError(f"this process was started by torchrun or SLURM for a {world}-process run: set {RUN_DIR_ENV}="
                           "<a folder on a filesystem every machine shares> so that all processes write one run folder")

@@ -84,6 +84,7 @@ class DDPMPrior(Prior):
         self.controlnet = self._load_controlnet(cfg, f, diffusers)
         self.latent_resolution = int(self.unet.config.sample_size)
         self.cond_width = int(self.unet.config.cross_attention_dim)
+        self.camera_conditioned = is_camera_conditioned(self.unet)
         self._setup_vae()
         log.info(
             "loaded diffusion prior %s (%s, %s, %s, prediction %s, %d train steps, resolution %d)",
@@ -129,14 +130,14 @@ class DDPMPrior(Prior):
                                 controlnet_cond=cond.control.to(dev, net.dtype), conditioning_scale=self.cfg.controlnet_scale,
                                 return_dict=False)
             kw = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-        if is_camera_conditioned(self.unet):  # a multi-view prior: each image's camera (zeros: unknown)
-            kw["class_labels"] = camera_vectors(None if cameras is None else cameras.c2w, x.shape[0]).to(dev)
+        if self.camera_conditioned:  # a multi-view prior: each image's camera (zeros: unknown)
+            kw["class_labels"] = camera_vectors(None if cameras is None else cameras.c2w, x.shape[0])
         emb = cond.emb
         if self._emb_per_frame:
             emb = emb.repeat_interleave(x.shape[2], 0)
         with self._running(self.denoiser) as unet:
             if "class_labels" in kw:
-                kw["class_labels"] = kw["class_labels"].to(unet.dtype)
+                kw["class_labels"] = kw["class_labels"].to(dev, unet.dtype)
             return unet(x.to(dev, unet.dtype), t, encoder_hidden_states=emb.to(dev, unet.dtype), **kw).sample
 
     # ---- text -------------------------------------------------------------------------------

@@ -261,8 +261,7 @@ class GenerationSystem(pl.LightningModule):
         return total
 
     def on_after_backward(self):
-        rank, world = rank_and_world(self)
-        if world > 1:  # before Lightning clips them and the optimiser steps
+        if rank_and_world(self)[1] > 1:  # before Lightning clips them and the optimiser steps
             reduce_gradients([p for p in self.parameters() if p.requires_grad], self.trainer.strategy)
 
     def on_before_optimizer_step(self, optimizer):
