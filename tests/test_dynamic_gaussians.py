@@ -159,3 +159,32 @@ def test_a_dynamic_stage_after_a_nerf_stage_is_refused_before_anything_is_writte
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "starts from gaussians or dynamic_gaussians" in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_motion_rigidity_allows_moving_and_turning_but_not_stretching():
+    _, dyn = _static_and_dynamic()
+    cams = _cams(times=[0.0, 1.0, 1.0, 1.0])
+    rigid = build_module("regulariser", {"name": "motion_rigidity", "k": 6})
+    assert float(rigid(None, dyn, cams).detach()) == 0.0  # no motion yet
+    with torch.no_grad():
+        dyn.deformation.heads["dx"].bias.fill_(0.3)  # a translation of every centre
+    assert float(rigid(None, dyn, cams).detach()) < 1e-10
+    x = dyn.params["means"].detach()
+    turn = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+
+    class Field(torch.nn.Module):  # a stand-in field: turn by 90 degrees about y, or stretch x twofold, at t = 1
+        def __init__(self, stretch):
+            super().__init__()
+            self.stretch = stretch
+
+        def forward(self, p, t):
+            if t == 0:
+                return {"dx": torch.zeros_like(p)}
+            return {"dx": p * torch.tensor([1.0, 0.0, 0.0]) if self.stretch else p @ turn.T - p}
+
+    dyn.deformation = Field(stretch=False)
+    assert float(rigid(None, dyn, cams).detach()) < 1e-10
+    dyn.deformation = Field(stretch=True)
+    v = rigid(None, dyn, cams)
+    assert float(v.detach()) > 0.05  # relative strain of a 2x stretch along x: ~0.2-0.3 per neighbour pair
+    assert torch.allclose(dyn.params["means"].detach(), x)

@@ -90,6 +90,7 @@ _BUILTIN = {
     "guidance": {
         "sds": "threedgen.guidance.sds:SDSGuidance",
         "photometric": "threedgen.guidance.photometric:PhotometricGuidance",
+        "clip_anchor": "threedgen.guidance.clip_anchor:ClipAnchorGuidance",
         "vsd": "threedgen.guidance.vsd:VSDGuidance",
         "esd": "threedgen.guidance.esd:ESDGuidance",
         "csd": "threedgen.guidance.csd:CSDGuidance",
@@ -127,6 +128,7 @@ _BUILTIN = {
         "laplacian_smoothness": "threedgen.representations.mesh_regularisers:LaplacianSmoothness",
         "motion_magnitude": "threedgen.representations.motion_regularisers:MotionMagnitude",
         "motion_smoothness": "threedgen.representations.motion_regularisers:MotionSmoothness",
+        "motion_rigidity": "threedgen.representations.motion_regularisers:MotionRigidity",
     },
 }
 for _cat, _entries in _BUILTIN.items():

@@ -36,6 +36,11 @@ class Guidance(nn.Module):
     def check_render_size(self, height: int, width: int) -> None:
         """Called once at start-up with the render size: raise ValueError if the objective cannot take it."""
 
+    def own_cameras(self, camera_cfg) -> Optional[CameraBatch]:
+        """Fixed views this objective looks at instead of the step's random ones (a reference clip's
+        camera at its times), or None; the system renders them for it on each step it runs."""
+        return None
+
     def update_step(self, epoch: int, step: int) -> None:
         """Re-evaluate scheduled hyper-parameters; called once per step before ``forward``."""
 

@@ -209,6 +209,18 @@ class GenerationSystem(pl.LightningModule):
         """What the guidances see of this step's renders (a scene edit adds its edit mask)."""
         return GuidanceInput(rgb=out.rgb, cameras=cameras, alpha=out.alpha, depth=out.depth, normal=out.normal)
 
+    def _own_input(self, i: int) -> Optional[GuidanceInput]:
+        """Renders of guidance ``i``'s own fixed views (``Guidance.own_cameras``: a clip's camera), or None."""
+        if not hasattr(self, "_own_cameras"):
+            self._own_cameras = [g.own_cameras(self.camera_cfg) for g in self.guidances]
+        cams = self._own_cameras[i]
+        if cams is None:
+            return None
+        cams = cams.to(self.device)
+        background = getattr(self.guidances[i], "own_background", None) or self.background  # a clip's backdrop
+        out = self.renderer(self.representation, cams, background, shading=self.cfg.shading)
+        return self.guidance_input(out, cams)
+
     def guidance_runs(self, i: int, step: int) -> bool:
         """Whether guidance ``i`` runs on ``step`` (its ``probability``): a pure function of (seed, step,
         i), so a resumed run makes the same choices."""
@@ -228,7 +240,7 @@ class GenerationSystem(pl.LightningModule):
         for i, (g, w_sched, bundle) in enumerate(zip(self.guidances, self.guidance_weights, self._bundles)):
             if not self.guidance_runs(i, step):
                 continue
-            res = g(inp, bundle, step)
+            res = g(self._own_input(i) or inp, bundle, step)
             if "nonfinite" in res:
                 self.nonfinite_total += int(res["nonfinite"])
             w = w_sched(step)

@@ -307,6 +307,13 @@ def test_renders(system, cfg: RunConfig, run_dir: Path) -> Path:
         still = torch.cat([o.rgb for o in system.render_views(front)]).cpu()
         save_video(folder / "time_front.mp4", [to_uint8(im) for im in still])
         save_png(folder / "time_front.png", make_grid([list(still)]))
+        from ..guidance.clip_anchor import clip_and_scene
+
+        anchored = clip_and_scene(system)
+        if anchored is not None:  # a clip-anchored scene: the clip above, the scene from the clip's camera below
+            k = max(1, cfg.trainer.test_resolution // anchored[0].shape[-1])  # shown at the test renders' size
+            up = [torch.nn.functional.interpolate(a, scale_factor=k, mode="nearest") for a in anchored]
+            save_png(folder / "anchor.png", make_grid([list(up[0]), list(up[1])]))
     if hasattr(system, "before_after"):  # a scene edit: the scene before and after, side by side
         before, after = system.before_after(cams)
         save_video(folder / "before_after.mp4", [to_uint8(torch.cat([b, a], -1)) for b, a in zip(before, after)])

@@ -2,8 +2,8 @@
 
     python -m threedgen.toy.motion_bench --directions left right up down --seeds 0 1 --out motion-bench
 
-Per (direction, seed), after ``launch.py`` trains the toy 4D recipe (``--recipe``; by default
-``RECIPE``, the Gaussian one that the toy video prior drives) in its own process on "<object> moving
+Per (direction, seed), after ``launch.py`` trains a toy 4D recipe (``--recipe``; by default ``RECIPE``,
+the clip-anchored one, ``configs/toy/4d-anchored.yaml``) in its own process on "<object> moving
 <direction>":
 
 - ``motion``: the object's centroid, from its alpha in renders of one fixed front view at the clip's 8
@@ -29,7 +29,7 @@ from .bench import REPO, score
 from .evaluate_video import classify_motion
 from .run_measure import White, centred_orbit, run_jobs
 
-RECIPE = REPO / "configs" / "toy" / "4d-gaussian.yaml"
+RECIPE = REPO / "configs" / "toy" / "4d-anchored.yaml"
 FRAMES = 8
 DIRECTIONS = ("left", "right", "up", "down")
 
