@@ -188,3 +188,17 @@ def test_motion_rigidity_allows_moving_and_turning_but_not_stretching():
     v = rigid(None, dyn, cams)
     assert float(v.detach()) > 0.05  # relative strain of a 2x stretch along x: ~0.2-0.3 per neighbour pair
     assert torch.allclose(dyn.params["means"].detach(), x)
+
+
+def test_global_motion_moves_the_scene_as_one_piece():
+    field = HexPlaneField(DeformationConfig(global_motion=True, time_resolution=5, max_displacement=0.5))
+    x = torch.rand(50, 3) * 2 - 1
+    assert field(x, 0.7)["dx"].abs().max() == 0  # still zero at the start
+    with torch.no_grad():
+        field.trajectory[:, 0] = torch.linspace(0, 1, 5) ** 2  # along +x, faster later
+    d = field(x, 0.625)["dx"]  # halfway between samples 2 (0.25) and 3 (0.5625)
+    want = 0.5 * torch.tanh(torch.tensor(0.40625))
+    assert torch.allclose(d[:, 0], want.expand(50), atol=1e-6) and d[:, 1:].abs().max() == 0
+    field(x, 0.3)["dx"].sum().backward()
+    assert field.trajectory.grad[1:3].abs().sum() > 0 and field.trajectory.grad[[0, 3, 4]].abs().sum() == 0
+    assert float(field.smoothness().detach()) > 0  # the path's second difference

@@ -40,6 +40,11 @@ class DeformationConfig:
     """Also predict a log-scale offset per Gaussian (Δscale)."""
     max_displacement: float = 0.5
     """Δposition is ``max_displacement * tanh(raw)``: motion stays bounded whatever the field learns."""
+    global_motion: bool = False
+    """Add a translation of the whole scene over time (``time_resolution`` samples along τ, linearly
+    interpolated, bounded by ``max_displacement * tanh``) to the planes' local offsets. The planes multiply
+    random spatial features, so the same offset everywhere — an object travelling as one piece — is the
+    hardest motion for them to express; with this term it is the easiest."""
 
 
 class HexPlaneField(nn.Module):
@@ -63,6 +68,7 @@ class HexPlaneField(nn.Module):
         for head in self.heads.values():
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
+        self.trajectory = nn.Parameter(torch.zeros(T, 3)) if cfg.global_motion else None
 
     def features(self, xyz: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``[N, C * levels]`` plane features at points ``[N,3]`` and times ``[N]`` in [0, 1]."""
@@ -85,17 +91,33 @@ class HexPlaneField(nn.Module):
         h = self.trunk(self.features(xyz, t))
         out = {k: head(h) for k, head in self.heads.items()}
         out["dx"] = self.cfg.max_displacement * torch.tanh(out["dx"])
+        if self.trajectory is not None:
+            out["dx"] = out["dx"] + self.global_offset(t).to(out["dx"])
         return out
+
+    def global_offset(self, t) -> torch.Tensor:
+        """The whole-scene translation at time(s) ``t`` (``[3]`` or ``[N,3]``), linear between the table's samples."""
+        t = torch.as_tensor(t, dtype=self.trajectory.dtype, device=self.trajectory.device).clamp(0, 1)
+        pos = t * (len(self.trajectory) - 1)
+        i0 = pos.floor().long().clamp(max=len(self.trajectory) - 2)
+        w = (pos - i0)[..., None]
+        raw = self.trajectory[i0] * (1 - w) + self.trajectory[i0 + 1] * w
+        return self.cfg.max_displacement * torch.tanh(raw)
 
     def smoothness(self) -> torch.Tensor:
         """K-Planes' time smoothness: the squared second difference along τ of every time plane, plus
-        the total variation of the time planes across space (mean over entries)."""
+        the total variation of the time planes across space (mean over entries), plus the second
+        difference of the whole-scene path where there is one."""
         loss = torch.zeros((), device=self.temporal[0].device)
         for temporal in self.temporal:
             d2 = temporal[:, :, 2:] - 2 * temporal[:, :, 1:-1] + temporal[:, :, :-2]
             tv = temporal[..., 1:] - temporal[..., :-1]
             loss = loss + d2.square().mean() + tv.square().mean()
-        return loss / len(self.temporal)
+        loss = loss / len(self.temporal)
+        if self.trajectory is not None:  # the whole-scene path: no jerks either
+            j = self.trajectory
+            loss = loss + (j[2:] - 2 * j[1:-1] + j[:-2]).square().mean()
+        return loss
 
 
 def _sample(plane: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
