@@ -178,3 +178,24 @@ def test_real_model_recipe_runs_on_tiny_stand_ins(tmp_path, tiny_sd_path, tiny_v
     (run,) = (tmp_path / "out" / "4d-anchored-zeroscope").iterdir()
     assert (run / "renders" / "test" / "anchor.png").is_file()
     assert len(list((run / "export" / "frames").glob("frame_*.ply"))) == 4
+
+
+def test_a_clip_file_is_read_at_start_up(tmp_path):
+    folder = write_frames(tmp_path / "frames", square_clip(n=12))
+    g = anchor(source=str(folder), frames=4)
+    assert g.clip is not None and g.clip[0].shape == (4, 3, 32, 32)  # read when the render size is known
+    cams = g.own_cameras(CameraConfig())
+    out = g(GuidanceInput(rgb=g.clip[0].clone(), cameras=cams, alpha=g.clip[1].clone()), None, 0)
+    assert float(out["loss_clip_anchor"]) == 0
+    short = write_frames(tmp_path / "short", square_clip(n=3))
+    with pytest.raises(ValueError, match="needs 8"):
+        anchor(source=str(short))
+
+
+def test_toy_anchored_recipe_refuses_a_prompt_without_motion_before_writing(tmp_path, capsys):
+    from threedgen.cli import main
+
+    rc = main(["--config", str(ROOT / "configs" / "toy" / "4d-anchored.yaml"), "--train", "-q", "system.prompt=a red cube",
+               f"output_dir={tmp_path}/out"])
+    assert rc == 2 and not (tmp_path / "out").exists()
+    assert "names no toy motion: end it with 'moving left|right|up|down' or 'bouncing'" in capsys.readouterr().err

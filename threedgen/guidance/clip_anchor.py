@@ -90,8 +90,22 @@ class ClipAnchorGuidance(Guidance):
                 raise ValueError(f"clip_anchor.source: {cfg.source} does not exist; expected 'prior', 'toy', "
                                  "a video file or a folder of frames")
 
+    @staticmethod
+    def check_prompt(cfg: "ClipAnchorGuidance.Config", prompt: str) -> None:
+        """Checked with the config, before a run folder exists: the toy clip needs a toy motion prompt."""
+        if cfg.source == "toy":
+            from ..toy.video_dataset import parse_motion
+
+            parse_motion(prompt)
+
     def check_render_size(self, height: int, width: int) -> None:
+        """Learns the render size; a clip file is read now, so a bad one stops the run before it trains."""
         self._size = (int(height), int(width))
+        if self.cfg.source not in ("prior", "toy"):
+            from ..data.clip_files import read_clip
+
+            c = self.cfg
+            self.clip = read_clip(c.source, c.frames, int(width), int(height), c.background, c.tolerance)
 
     # ---- the anchor views ---------------------------------------------------------------------
     def own_cameras(self, camera_cfg: CameraConfig) -> CameraBatch:
@@ -134,7 +148,7 @@ class ClipAnchorGuidance(Guidance):
         from ..toy.render import render_scene
         from ..toy.video_dataset import offsets, parse_motion
 
-        text = prompt if isinstance(prompt, str) else getattr(prompt, "prompt", "")
+        text = prompt if isinstance(prompt, str) else getattr(prompt, "text", "")
         scene, motion = parse_motion(text)
         cams = self.own_cameras_all(cameras)
         cams.c2w = cams.c2w.clone()

@@ -32,6 +32,15 @@ def check_prompt_vocabulary(system_cfg, path: str = "system") -> None:
     if getattr(system_cfg, "prompt", None):
         pp_cfg = dataclasses.replace(pp_cfg, prompt=system_cfg.prompt)
     prompt = dataclasses.replace(pp, cfg=pp_cfg).build().cfg.prompt  # the processor applies ``remove``
+    from .. import registry
+
+    for i, g in enumerate(getattr(system_cfg, "guidance", []) or []):  # objectives that read the raw prompt themselves
+        check = getattr(registry.get("guidance", g.name), "check_prompt", None)
+        if check is not None:
+            try:
+                check(g.cfg, getattr(system_cfg, "prompt", "") or pp_cfg.prompt)
+            except ValueError as e:
+                raise ValueError(f"{path}.prompt (guidance {i}, {g.name}): {e}") from None
     for i, g in enumerate(getattr(system_cfg, "guidance", []) or []):
         prior_cfg = getattr(g.cfg, "prior", None)
         if not isinstance(prior_cfg, PriorConfig):
