@@ -202,3 +202,26 @@ def test_global_motion_moves_the_scene_as_one_piece():
     field(x, 0.3)["dx"].sum().backward()
     assert field.trajectory.grad[1:3].abs().sum() > 0 and field.trajectory.grad[[0, 3, 4]].abs().sum() == 0
     assert float(field.smoothness().detach()) > 0  # the path's second difference
+
+
+def test_mesh_vertices_move_with_the_gaussians_that_draw_them():
+    from threedgen.export.animation import vertex_motion
+
+    _, dyn = _static_and_dynamic(global_motion=True, time_resolution=4)
+    with torch.no_grad():
+        dyn.deformation.trajectory[:, 1] = torch.tensor([0.0, 0.2, 0.4, 0.6])  # the whole scene rises
+    verts = torch.rand(100, 3) * 0.8 - 0.4
+    up = vertex_motion(dyn, verts, [1.0])[0]
+    want = 0.5 * torch.tanh(torch.tensor(0.6))
+    assert torch.allclose(up, torch.tensor([0.0, 1.0, 0.0]) * want, atol=1e-5)
+
+    class Half(torch.nn.Module):  # a stand-in field: only the Gaussians with x > 0 move, by +0.3 in z at t = 1
+        def forward(self, p, t):
+            return {"dx": torch.stack([torch.zeros(len(p)), torch.zeros(len(p)), 0.3 * t * (p[:, 0] > 0)], -1)}
+
+    dyn.deformation = Half()
+    means = dyn.params["means"].detach()
+    right, left = means[means[:, 0] > 0.1][:5], means[means[:, 0] < -0.1][:5]  # vertices on Gaussians of each side
+    d = vertex_motion(dyn, torch.cat([right, left]), [0.5, 1.0])
+    assert torch.allclose(d[1][:5, 2], torch.full((5,), 0.3), atol=0.02) and d[1][5:, 2].abs().max() < 0.02
+    assert torch.allclose(d[0], d[1] / 2, atol=1e-6)

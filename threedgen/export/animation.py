@@ -2,10 +2,11 @@
 
 - ``frames/frame_000.ply`` ...: the Gaussians at each frame's time, in the run's splat axes;
 - ``model.glb``: the mesh of frame 0 (the usual textured mesh, taken from its renders) with one morph
-  target per later frame: each vertex moved by the deformation field's displacement between frame 0
-  and that frame (the field is continuous in space, so it moves surface points as it moves the
-  Gaussians near them), and an animation "motion" that plays the frames at ``fps``; the topology is
-  fixed, which is what glTF morph targets need;
+  target per later frame: each vertex moves as the Gaussians nearest to it do between frame 0 and that
+  frame (``vertex_motion``: their displacements blended by opacity and distance, as skinning blends
+  bones) — what the renders show, where the field itself is only constrained at the Gaussians' centres
+  and may do anything at a surface point between them — and an animation "motion" that plays the
+  frames at ``fps``; the topology is fixed, which is what glTF morph targets need;
 - ``frames/manifest.json``: frame count, fps, times, axes and the files.
 The splat formats of frame 0 and the mesh formats are written as for a static run.
 """
@@ -43,13 +44,34 @@ def animation_files(rep, export_cfg, render_at) -> tuple[dict[str, bytes], dict[
         mesh = build_textured_mesh(first, export_cfg, render_at(0.0))
         offset, scale = mesh.placement
         world = torch.from_numpy(mesh.positions / scale + offset).float()
-        with torch.no_grad():
-            dev = rep.params["means"].device
-            base = rep.deformation(world.to(dev), 0.0)["dx"]
-            morphs = [((rep.deformation(world.to(dev), t)["dx"] - base) * scale).cpu().numpy() for t in times[1:].tolist()]
+        morphs = [(d * scale).numpy() for d in vertex_motion(rep, world, times[1:].tolist())]
         files.update(encode_textured_mesh(mesh, export_cfg, morphs=morphs, times=seconds))
         if "model.glb" in files:
             manifest["glb"] = {"file": "model.glb", "morph_targets": len(morphs), "animation": "motion",
                                "max_displacement_m": float(max((np.linalg.norm(m, axis=1).max() for m in morphs), default=0.0))}
     per_frame["manifest.json"] = (json.dumps(manifest, indent=2) + "\n").encode()
     return files, per_frame
+
+
+@torch.no_grad()
+def vertex_motion(rep, vertices: torch.Tensor, times: list[float], k: int = 8, chunk: int = 4096) -> list[torch.Tensor]:
+    """Displacements ``[V,3]`` (world units, CPU) of frame-0 points ``vertices`` from time 0 to each of ``times``:
+    each point takes the mean displacement of its ``k`` nearest frame-0 Gaussian centres, weighted by their
+    opacity and by ``exp(-d^2 / (2 s^2))`` with ``s`` the distance to its nearest centre (at least 1 mm), so
+    a point moves with the Gaussians that draw it."""
+    g0 = rep.deformed(0.0)
+    dev = g0["means"].device
+    centres = g0["means"].float()
+    opacity = torch.sigmoid(g0["opacities"].float()).reshape(-1)
+    moved = [rep.deformed(float(t))["means"].float() - centres for t in times]
+    k = min(k, len(centres))
+    out = [torch.empty(len(vertices), 3) for _ in times]
+    for i in range(0, len(vertices), chunk):
+        v = vertices[i : i + chunk].to(dev).float()
+        d, idx = torch.cdist(v, centres).topk(k, largest=False)  # [n,k]
+        s = d[:, :1].clamp_min(1e-3)
+        w = opacity[idx] * torch.exp(-0.5 * (d / s).square())
+        w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
+        for o, m in zip(out, moved):
+            o[i : i + chunk] = (w[..., None] * m[idx]).sum(1).cpu()
+    return out
