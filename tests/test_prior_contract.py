@@ -21,8 +21,10 @@ from threedgen.prompts.processor import PromptProcessor
 ROOT = Path(__file__).resolve().parents[1]
 PRIORS = ["pixel_prior", "sd_v_prior", "flow_prior"]
 # photometric and the rewards use no prior (tests/test_reward.py); disds needs an inpainting prior and an
-# edit mask (tests/test_disds.py); video_sds a text-to-video prior (tests/test_video_sds.py)
-SCORE_GUIDANCES = [n for n in registry.names("guidance") if n not in ("photometric", "disds", "reward", "vlm_reward", "video_sds")]
+# edit mask (tests/test_disds.py); video_sds a text-to-video prior (tests/test_video_sds.py); clip_anchor fits a
+# clip, sampling it only from a video prior (tests/test_clip_anchor.py)
+SCORE_GUIDANCES = [n for n in registry.names("guidance")
+                   if n not in ("photometric", "disds", "reward", "vlm_reward", "video_sds", "clip_anchor")]
 B = 2
 
 
