@@ -166,7 +166,7 @@ class RunQueue:
             job.out_dir.mkdir(parents=True, exist_ok=True)
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             job.proc = subprocess.Popen(self.command(job), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, bufsize=1)
+                                        stderr=subprocess.STDOUT, text=True, bufsize=1, preexec_fn=_interruptible)
         for line in job.proc.stdout:
             job.log = (job.log + [line.rstrip()])[-200:]
         code = job.proc.wait()
@@ -217,3 +217,9 @@ def check_request(recipe: str, prompt: str, seed, steps) -> None:
         plan_stages(cfg, raw, Path(cfg.output_dir))  # the prompt's words against the prior's vocabulary
     except (ConfigError, ValueError, FileNotFoundError) as e:
         raise ValueError(str(e)) from None
+
+
+def _interruptible() -> None:
+    """In the run's process before it starts: Ctrl-C (Stop) restored to its default, since a server started
+    in the background (``... &`` from a script) passes SIGINT on ignored and the run could not be stopped."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
