@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..data.cameras import CameraBatch, CameraConfig, clip_times, make_cameras
 from .base import Guidance, GuidanceInput
 from .model_folder import PriorConfig
+from .photometric import match_images
 
 
 class ClipAnchorGuidance(Guidance):
@@ -146,14 +146,12 @@ class ClipAnchorGuidance(Guidance):
 
     def _toy_clip(self, prompt, cameras: CameraBatch) -> tuple[torch.Tensor, torch.Tensor]:
         from ..toy.render import render_scene
-        from ..toy.video_dataset import offsets, parse_motion
+        from ..toy.video_dataset import moved_cameras, offsets, parse_motion
 
         text = prompt if isinstance(prompt, str) else getattr(prompt, "text", "")
         scene, motion = parse_motion(text)
-        cams = self.own_cameras_all(cameras)
-        cams.c2w = cams.c2w.clone()
-        cams.c2w[:, :3, 3] -= offsets(motion, self.cfg.frames)  # the object moves by d: its camera by -d
-        gt = render_scene(scene, cams.to("cpu"), ssaa=2)
+        cams = moved_cameras(self.own_cameras_all(cameras).to("cpu"), offsets(motion, self.cfg.frames))
+        gt = render_scene(scene, cams, ssaa=2)
         bg = torch.tensor(self.cfg.background, dtype=torch.float32).view(1, 3, 1, 1)
         return gt["rgb"] * gt["mask"] + bg * (1 - gt["mask"]), gt["mask"]
 
@@ -167,14 +165,10 @@ class ClipAnchorGuidance(Guidance):
     # ---- the loss -----------------------------------------------------------------------------
     def forward(self, inp: GuidanceInput, prompts, step: int) -> dict:
         rgb, mask = self.make_clip(prompts, inp.cameras)
+        if rgb.device != inp.rgb.device or rgb.dtype != inp.rgb.dtype:  # moved once, not every step
+            self.clip = rgb, mask = rgb.to(inp.rgb), mask.to(inp.rgb)
         n = inp.rgb.shape[0]
-        rgb, mask = rgb[:n].to(inp.rgb), mask[:n].to(inp.rgb)
-        out = {"loss_clip_anchor": F.mse_loss(inp.rgb, rgb)}
-        if inp.alpha is not None and self.cfg.mask_weight > 0:
-            out["loss_clip_anchor_mask"] = self.cfg.mask_weight * F.mse_loss(inp.alpha, mask)
-        with torch.no_grad():
-            out["clip_anchor_psnr"] = -10 * torch.log10(F.mse_loss(inp.rgb, rgb).clamp_min(1e-10))
-        return out
+        return match_images(inp, rgb[:n], mask[:n], self.cfg.mask_weight, name="clip_anchor")
 
 
 @torch.no_grad()
@@ -194,4 +188,4 @@ def clip_and_scene(system) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
         scene = system.renderer(system.representation, cams, g.own_background).rgb.cpu()
     finally:
         system.train(was_training)
-    return rgb, scene
+    return rgb.cpu(), scene

@@ -35,10 +35,16 @@ class PhotometricGuidance(Guidance):
 
         with torch.no_grad():
             gt = render_scene(self.scene, inp.cameras.to("cpu"))
-        rgb_gt = gt["rgb"].to(inp.rgb)
-        out = {"loss_rgb": F.mse_loss(inp.rgb, rgb_gt)}
-        if inp.alpha is not None and self.cfg.mask_weight > 0:
-            out["loss_mask"] = self.cfg.mask_weight * F.mse_loss(inp.alpha, gt["mask"].to(inp.alpha))
-        with torch.no_grad():
-            out["psnr"] = -10 * torch.log10(F.mse_loss(inp.rgb, rgb_gt).clamp_min(1e-10))
-        return out
+        return match_images(inp, gt["rgb"].to(inp.rgb), gt["mask"].to(inp.rgb), self.cfg.mask_weight)
+
+
+def match_images(inp: GuidanceInput, rgb: torch.Tensor, mask: torch.Tensor, mask_weight: float, name: str = "") -> dict:
+    """Squared error of the renders against target images and (``mask_weight`` > 0, renders with alpha) of
+    their alpha against target masks: ``loss_<name>rgb``/``loss_<name>mask`` (``loss_rgb``/``loss_mask`` for
+    ``name=""``), and the renders' PSNR."""
+    rgb_loss = F.mse_loss(inp.rgb, rgb)
+    out = {f"loss_{name or 'rgb'}": rgb_loss}
+    if inp.alpha is not None and mask_weight > 0:
+        out[f"loss_{name}_mask" if name else "loss_mask"] = mask_weight * F.mse_loss(inp.alpha, mask)
+    out[f"{name}_psnr" if name else "psnr"] = -10 * torch.log10(rgb_loss.detach().clamp_min(1e-10))
+    return out

@@ -25,6 +25,13 @@ def _field(representation, name: str):
     return field
 
 
+def _batch_times(cameras) -> list[float]:
+    """The distinct times of the batch's views (time 0 for views without one)."""
+    if cameras is None or cameras.time is None:
+        return [0.0]
+    return torch.unique(cameras.time.detach().cpu()).tolist()
+
+
 class MotionMagnitude(nn.Module):
     @dataclass
     class Config:
@@ -37,11 +44,10 @@ class MotionMagnitude(nn.Module):
 
     def forward(self, render_out, representation=None, cameras=None) -> torch.Tensor:
         _field(representation, "motion_magnitude")
-        times = cameras.time if cameras is not None and cameras.time is not None else torch.zeros(1)
         means = representation.params["means"]
         if len(means) > self.cfg.max_gaussians:
             means = means[torch.randperm(len(means), device=means.device)[: self.cfg.max_gaussians]]
-        d = [representation.deformation(means, float(t))["dx"] for t in torch.unique(times.detach().cpu())]
+        d = [representation.deformation(means, t)["dx"] for t in _batch_times(cameras)]
         return torch.stack(d).square().sum(-1).mean()
 
 
@@ -90,9 +96,8 @@ class MotionRigidity(nn.Module):
             nn_idx = torch.cdist(x, x).topk(k + 1, largest=False).indices[:, 1:]  # [n,k], self excluded
         rest = (x[:, None] - x[nn_idx]).norm(dim=-1)
         scale = rest.detach().clamp_min(1e-4)
-        times = cameras.time if cameras is not None and cameras.time is not None else torch.zeros(1)
         losses = []
-        for t in torch.unique(times.detach().cpu()):
-            p = x + field(x, float(t))["dx"]
+        for t in _batch_times(cameras):
+            p = x + field(x, t)["dx"]
             losses.append((((p[:, None] - p[nn_idx]).norm(dim=-1) - rest) / scale).square().mean())
         return torch.stack(losses).mean()

@@ -211,12 +211,11 @@ class GenerationSystem(pl.LightningModule):
 
     def _own_input(self, i: int) -> Optional[GuidanceInput]:
         """Renders of guidance ``i``'s own fixed views (``Guidance.own_cameras``: a clip's camera), or None."""
-        if not hasattr(self, "_own_cameras"):
-            self._own_cameras = [g.own_cameras(self.camera_cfg) for g in self.guidances]
+        if not hasattr(self, "_own_cameras"):  # fixed views: made and moved to the device once
+            self._own_cameras = [None if c is None else c.to(self.device) for c in (g.own_cameras(self.camera_cfg) for g in self.guidances)]
         cams = self._own_cameras[i]
         if cams is None:
             return None
-        cams = cams.to(self.device)
         background = getattr(self.guidances[i], "own_background", None) or self.background  # a clip's backdrop
         out = self.renderer(self.representation, cams, background, shading=self.cfg.shading)
         return self.guidance_input(out, cams)

@@ -58,6 +58,15 @@ def offsets(motion: str, frames: int = FRAMES) -> torch.Tensor:
     return out
 
 
+def moved_cameras(cams, shift: torch.Tensor):
+    """``cams`` seeing an object moved by ``shift`` ``[B,3]`` (the toy renderer keeps objects at the origin, so
+    each camera moves by ``-shift`` instead; the same picture)."""
+    out = cams[list(range(len(cams)))]
+    out.c2w = cams.c2w.clone()
+    out.c2w[:, :3, 3] -= shift.to(out.c2w)
+    return out
+
+
 def render_clips(scenes: list[W.ToyScene], motions: list[str], seed: int, frames: int = FRAMES) -> torch.Tensor:
     """``[N,3,F,H,W]`` clips in [0,1]: scene i moving by motion i, one random front-half camera per clip."""
     from .render import render_scene
@@ -65,10 +74,7 @@ def render_clips(scenes: list[W.ToyScene], motions: list[str], seed: int, frames
     n = len(scenes)
     cams = RandomCameraSampler(CLIP_CAMERAS, seed=seed).sample(0, batch_size=n)
     idx = [i for i in range(n) for _ in range(frames)]
-    cams = cams[idx]
-    shift = torch.stack([offsets(m, frames) for m in motions]).reshape(-1, 3)  # object moves +d: camera moves -d
-    cams.c2w = cams.c2w.clone()
-    cams.c2w[:, :3, 3] -= shift
+    cams = moved_cameras(cams[idx], torch.stack([offsets(m, frames) for m in motions]).reshape(-1, 3))
     rgb = render_scene([scenes[i] for i in idx], cams, ssaa=2)["rgb"]
     return rgb.reshape(n, frames, 3, RESOLUTION, RESOLUTION).transpose(1, 2)
 
