@@ -144,3 +144,19 @@ def test_remove_phrases_cuts_whole_words_before_embedding():
     assert remove_phrases("a bouncingly odd prompt", ["bouncing"]) == "a bouncingly odd prompt"
     pp = PromptProcessor(PromptProcessor.Config(prompt="a red cube moving up", remove=["moving up"]))
     assert pp.cfg.prompt == "a red cube" and pp.view_texts()[1] == "a red cube, front view"
+
+
+def test_remove_for_image_keeps_the_motion_for_a_video_prior(tiny_sd_path, tiny_video_path):
+    from threedgen.guidance.model_folder import ModelFolder, PriorConfig
+    from threedgen.guidance.priors import get_prior
+
+    cfg = PromptProcessor.Config(prompt="a red cube moving up", remove=["moving up"], remove_for="image", use_cache=False)
+    pp = PromptProcessor(cfg)
+    image, video = (get_prior(PriorConfig(model=str(p), device="cpu")) for p in (tiny_sd_path, tiny_video_path))
+    assert not image.video and video.video
+    assert ModelFolder(PriorConfig(model=str(tiny_video_path)), torch.float32).is_video()
+    assert pp.bundle(image).text == "a red cube" and pp.bundle(video).text == "a red cube moving up"
+    plain = PromptProcessor(PromptProcessor.Config(prompt="a red cube moving up", remove=["moving up"], use_cache=False))
+    assert plain.bundle(video).text == "a red cube"
+    with pytest.raises(ValueError, match="remove_for must be 'all' or 'image'"):
+        PromptProcessor(PromptProcessor.Config(prompt="x", remove_for="video"))

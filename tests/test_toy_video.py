@@ -60,7 +60,10 @@ def test_training_writes_a_video_prior_the_interface_loads(tmp_path):
     from threedgen.toy.train_video import main
 
     out = tmp_path / "toy-video"
-    main(["--steps", "2", "--clips-per-pair", "1", "--batch-size", "1", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    main(["--steps", "2", "--clips-per-pair", "1", "--batch-size", "1", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+          "--separate-motions", "3", "--motion-init-std", "0.02"])
+    report = __import__("json").loads((out / "training.json").read_text())
+    assert set(report["direction_gap"]) == {"caption", "opposite"} and report["motion_text"]["after"]["motion"] > 0
     prior = get_prior(PriorConfig(model=str(out), device="cpu"))
     assert prior.video and type(prior.denoiser).__name__ == "UNetMotionModel"
     from threedgen.prompts.processor import PromptProcessor
@@ -113,3 +116,19 @@ def test_x0_weights_lift_only_the_noisy_levels_and_text_layers_can_train():
     assert trainable(unet, te)[-1] is table and len(trainable(unet, te)) == 1
     with_text = trainable(unet, te, text_layers=True)
     assert with_text[-1] is table and len(with_text) == sum(1 for _ in te.parameters())
+
+
+def test_motion_separation_opens_the_motion_words_and_keeps_the_static_captions():
+    from threedgen.toy.motion_text import motion_gap, separate_motions
+    from threedgen.toy.train_video import extend_text_side, swap_direction
+
+    tok, te, _ = extend_text_side(ROOT / "assets" / "toy-prior")
+    report = separate_motions(tok, te, steps=60, margin=0.3, log=lambda m: None)
+    before, after = report["before"], report["after"]
+    assert before["motion"] < 0.5 * before["colour"]           # the frozen encoder hardly tells left from right
+    assert after["motion_min"] > 0.2 and after["motion"] > 5 * before["motion"]
+    assert abs(after["colour"] - before["colour"]) < 0.03      # what the image prior read is unchanged
+    assert report["static_caption_drift"] < 0.05
+    assert motion_gap(tok, te) == pytest.approx(after)
+    assert swap_direction("a red cube moving left") == "a red cube moving right"
+    assert swap_direction("a green cone bouncing") == "a green cone moving down"

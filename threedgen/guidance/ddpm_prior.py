@@ -26,7 +26,7 @@ from typing import Optional, Union
 import torch
 
 from .camera_condition import camera_vectors, is_camera_conditioned
-from .model_folder import ModelFolder, PriorConfig, freeze
+from .model_folder import VIDEO_UNETS, ModelFolder, PriorConfig, freeze
 from .prior_api import Conditioning, NoiseLevels, Prior
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,6 @@ DDPM_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDisc
 the DDIM/DDPM scheduler of ``PriorConfig.scheduler`` can be rebuilt from."""
 
 
-VIDEO_UNETS = ("UNet3DConditionModel", "UNetMotionModel")
 """Denoisers over ``[B,C,F,h,w]`` clips: zeroscope / ModelScope's UNet3D and AnimateDiff's motion UNet."""
 
 

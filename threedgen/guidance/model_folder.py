@@ -67,6 +67,10 @@ class PriorConfig:
     objectives use ``alpha_sigma``/``ddim_step`` instead)."""
 
 
+VIDEO_UNETS = ("UNet3DConditionModel", "UNetMotionModel")
+"""diffusers classes of text-to-video UNets (zeroscope / ModelScope; AnimateDiff)."""
+
+
 def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` is set (read now, not at import time)."""
     env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
@@ -214,6 +218,10 @@ class ModelFolder:
         if f is None or not f.is_file():
             return None
         return frozenset(w.strip().lower() for w in f.read_text().split() if w.strip())
+
+    def is_video(self) -> bool:
+        """Whether ``unet/`` holds a text-to-video UNet (read from its config, nothing loaded)."""
+        return self.config("unet").get("_class_name") in VIDEO_UNETS
 
     def check_text_pairs(self) -> None:
         """ValueError when a local tokenizer has token ids beyond its text encoder's embedding table

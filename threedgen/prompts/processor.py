@@ -57,10 +57,16 @@ class PromptProcessor:
         remove: list[str] = field(default_factory=list)
         """Phrases cut from the prompt before it is embedded, e.g. a 4D recipe's static stage drops the motion
         ("moving left") that an image prior has never read."""
+        remove_for: str = "all"
+        """Which priors get the prompt without ``remove``: "all", or "image" (a video prior reads the whole
+        prompt, motion included, while the image priors of the same run read it without the motion)."""
 
     def __init__(self, cfg: "PromptProcessor.Config"):
         if cfg.perp_neg and not cfg.view_dependent:
             raise ValueError("prompt_processor.perp_neg needs prompt_processor.view_dependent: true")
+        if cfg.remove_for not in ("all", "image"):
+            raise ValueError(f"prompt_processor.remove_for must be 'all' or 'image', got {cfg.remove_for!r}")
+        self._whole = replace(cfg, remove=[]) if cfg.remove and cfg.remove_for == "image" else None
         if cfg.remove:
             cfg = replace(cfg, prompt=remove_phrases(cfg.prompt, cfg.remove))
         self.cfg = cfg
@@ -89,6 +95,8 @@ class PromptProcessor:
 
     def bundle(self, prior) -> PromptBundle:
         """Conditionings for ``prior`` (a ``guidance.prior_api.Prior``), from the cache when possible."""
+        if self._whole is not None and getattr(prior, "video", False):
+            return PromptProcessor(self._whole).bundle(prior)
         cfg = self.cfg
         conds = self._read_cache(prior) if cfg.use_cache else None
         if conds is None:

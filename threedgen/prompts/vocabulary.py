@@ -32,6 +32,7 @@ def check_prompt_vocabulary(system_cfg, path: str = "system") -> None:
     if getattr(system_cfg, "prompt", None):
         pp_cfg = dataclasses.replace(pp_cfg, prompt=system_cfg.prompt)
     prompt = dataclasses.replace(pp, cfg=pp_cfg).build().cfg.prompt  # the processor applies ``remove``
+    whole = pp_cfg.prompt if getattr(pp_cfg, "remove_for", "all") == "image" else prompt  # what a video prior reads
     from .. import registry
 
     for i, g in enumerate(getattr(system_cfg, "guidance", []) or []):  # objectives that read the raw prompt themselves
@@ -46,13 +47,15 @@ def check_prompt_vocabulary(system_cfg, path: str = "system") -> None:
         if not isinstance(prior_cfg, PriorConfig):
             continue
         try:
-            vocabulary = ModelFolder(prior_cfg, torch.float32).vocabulary()
+            folder = ModelFolder(prior_cfg, torch.float32)
+            vocabulary = folder.vocabulary()
+            text = whole if whole != prompt and folder.is_video() else prompt
         except Exception:  # noqa: BLE001 - a missing model is reported by the prior's own loading, with its path
             continue
         if vocabulary is None:
             continue
-        unknown = unknown_words(f"{prompt} {pp_cfg.negative_prompt}", vocabulary)
+        unknown = unknown_words(f"{text} {pp_cfg.negative_prompt}", vocabulary)
         if unknown:
             raise ValueError(
-                f"{path}.prompt {prompt!r}: {', '.join(repr(w) for w in unknown)} not in the vocabulary of "
+                f"{path}.prompt {text!r}: {', '.join(repr(w) for w in unknown)} not in the vocabulary of "
                 f"{prior_cfg.model} (guidance {i}), which knows only: {', '.join(sorted(vocabulary))}")

@@ -28,8 +28,10 @@ from .train_prior import (_atomic_save, _ema_update, build_scheduler, checkpoint
 from .video_dataset import FRAMES, MOTION_WORDS, load_clip_dataset
 
 
-def motion_unet_from(base_unet):
-    """A ``UNetMotionModel`` equal to ``base_unet`` per frame: motion modules whose output projections are 0."""
+def motion_unet_from(base_unet, init_std: float = 0.0, seed: int = 0):
+    """A ``UNetMotionModel`` equal to ``base_unet`` per frame when ``init_std`` is 0: motion modules whose
+    output projections are 0. A small ``init_std`` starts them at N(0, init_std) instead, which a
+    two-clip probe found to open the direction gap sooner (docs/4d.md)."""
     from diffusers import MotionAdapter, UNetMotionModel
 
     c = base_unet.config
@@ -37,10 +39,14 @@ def motion_unet_from(base_unet):
                             motion_mid_block_layers_per_block=1, motion_num_attention_heads=2,
                             motion_norm_num_groups=c.norm_num_groups, motion_max_seq_length=32, use_motion_mid_block=True)
     unet = UNetMotionModel.from_unet2d(base_unet, adapter)
+    g = torch.Generator().manual_seed(seed)
     for name, mod in unet.named_modules():
         if "motion_modules" in name and name.endswith("proj_out"):
-            torch.nn.init.zeros_(mod.weight)
             torch.nn.init.zeros_(mod.bias)
+            if init_std > 0:
+                mod.weight.data.copy_(init_std * torch.randn(mod.weight.shape, generator=g))
+            else:
+                torch.nn.init.zeros_(mod.weight)
     return unet
 
 
@@ -94,6 +100,38 @@ def save_video_prior(out: Path, base: Path, unet, text_encoder, tokenizer, extra
     (out / "training.json").write_text(json.dumps(extra, indent=2) + "\n")
 
 
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "bouncing": "down"}
+
+
+def swap_direction(text: str) -> str:
+    """The caption with its motion replaced by the opposite one ("bouncing" by "moving down")."""
+    from .video_dataset import caption as motion_caption, parse_motion
+
+    scene, motion = parse_motion(text)
+    return motion_caption(scene, OPPOSITE[motion])
+
+
+def direction_gap(unet, text_encoder, x0, ids, swapped_ids, acp, t_min: int = 700, seed: int = 0) -> dict:
+    """Clean-clip error of held clips at high noise with their caption and with the opposite direction:
+    the prior follows the caption's direction only where the first is clearly below the second."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(t_min, len(acp), (len(x0),), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    a = acp[t].view(-1, 1, 1, 1, 1)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    out = {}
+    was_training = unet.training
+    unet.eval()
+    with torch.no_grad():
+        for key, tok_ids in (("caption", ids), ("opposite", swapped_ids)):
+            enc = text_encoder(tok_ids).last_hidden_state.repeat_interleave(x0.shape[2], 0)
+            eps = unet(xt, t, encoder_hidden_states=enc).sample
+            x0_hat = (xt - (1 - a).sqrt() * eps) / a.sqrt()
+            out[key] = float((x0_hat.clamp(-1, 1) - x0).pow(2).mean())
+    unet.train(was_training)
+    return out
+
+
 def trainable(unet, text_encoder, everything: bool = False, text_layers: bool = False) -> list[torch.nn.Parameter]:
     """Motion modules, cross-attention layers (or every UNet weight), the text encoder's layers when
     asked, and the token table (its old rows are masked in training); the token table is last."""
@@ -120,6 +158,9 @@ def main(argv=None) -> None:
     ap.add_argument("--high-noise-share", type=float, default=0.0, help="share of each batch drawn from the upper half of the noise levels")
     ap.add_argument("--x0-weight-cap", type=float, default=1.0, help="weight noisy levels as their clean-clip error, up to this factor (1: off)")
     ap.add_argument("--train-text-encoder", action="store_true", help="also train the text encoder's layers (the frozen ones pass the new words only faintly)")
+    ap.add_argument("--separate-motions", type=int, default=300, help="steps of motion-word separation of the text encoder before training (0: off; motion_text.py)")
+    ap.add_argument("--motion-margin", type=float, default=0.3, help="gap the separation opens between a scene's motion captions")
+    ap.add_argument("--motion-init-std", type=float, default=0.0, help="start the motion modules' output projections at N(0, std) (0: exactly the image prior)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--cache-dir", default=".cache")
@@ -145,10 +186,19 @@ def main(argv=None) -> None:
     clips = ds["clips"].float().div_(127.5).sub_(1.0)
     print(f"toy clips: {len(clips)} of {FRAMES} frames ({time.time() - t0:.0f} s incl. rendering if not cached)", flush=True)
     tok, te, new_ids = extend_text_side(base)
+    text_report = None
+    resuming = args.resume and ckpt_path.exists()
+    if args.separate_motions > 0 and not resuming:  # a resumed run reloads the separated encoder instead
+        from .motion_text import separate_motions
+
+        text_report = separate_motions(tok, te, steps=args.separate_motions, margin=args.motion_margin, seed=args.seed,
+                                       log=lambda m: print(m, flush=True))
+        print(f"motion words separated: gap {text_report['before']['motion']:.3f} -> {text_report['after']['motion']:.3f} "
+              f"(colour {text_report['after']['colour']:.3f}; static captions drift {text_report['static_caption_drift']:.3f})", flush=True)
     captions = sorted(set(ds["captions"]))
     cap_index = torch.tensor([1 + captions.index(c) for c in ds["captions"]])
     ids = tokenize(tok, [""] + captions)
-    unet = motion_unet_from(UNet2DConditionModel.from_pretrained(base / "unet"))
+    unet = motion_unet_from(UNet2DConditionModel.from_pretrained(base / "unet"), args.motion_init_std, args.seed)
     unet.requires_grad_(False)
     te.requires_grad_(False)
     params = trainable(unet, te, args.train_all, args.train_text_encoder)
@@ -163,7 +213,7 @@ def main(argv=None) -> None:
     sched = build_scheduler()
     acp = sched.alphas_cumprod.float()
     step, elapsed, losses = 0, 0.0, []
-    if args.resume and ckpt_path.exists():
+    if resuming:
         ck = torch.load(ckpt_path, weights_only=False)
         with torch.no_grad():
             for p, v in zip(params, ck["params"]):
@@ -171,27 +221,39 @@ def main(argv=None) -> None:
             for e, v in zip(ema, ck["ema"]):
                 e.copy_(v)
         opt.load_state_dict(ck["opt"])
+        if "text_encoder" in ck:
+            te.load_state_dict(ck["text_encoder"])
+            text_report = ck.get("text_report")
         step, elapsed, losses = ck["step"], ck["elapsed"], ck["losses"]
         print(f"resumed from {ckpt_path} at step {step} ({elapsed / 60:.1f} min trained)", flush=True)
     print(f"toy video prior: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M UNet params, "
           f"{sum(p.numel() for p in params) / 1e6:.2f} M trained, {len(new_ids)} new tokens, batch {args.batch_size} clips", flush=True)
 
+    held = torch.Generator().manual_seed(12345)
+    held_idx = torch.randperm(len(clips), generator=held)[:32]
+    swapped = tokenize(tok, [swap_direction(ds["captions"][i]) for i in held_idx])
+    gap = None
+
     def export():
+        nonlocal gap
         live = [p.detach().clone() for p in params]
         with torch.no_grad():
             for p, e in zip(params, ema):
                 p.copy_(e)
+        gap = direction_gap(unet, te, clips[held_idx], ids[cap_index[held_idx]], swapped, acp)
+        print(f"\nheld-out clean-clip error at t >= 700: caption {gap['caption']:.4f}, opposite direction {gap['opposite']:.4f}", flush=True)
         recent = losses[-200:]
         save_video_prior(out, base, unet, te, tok, dict(
             steps=step, train_minutes=round(elapsed / 60, 2), final_loss_avg200=(sum(recent) / len(recent)) if recent else None,
-            args=vars(args), clips=len(clips), frames=FRAMES, captions=len(captions)))
+            args=vars(args), clips=len(clips), frames=FRAMES, captions=len(captions), motion_text=text_report,
+            direction_gap=gap))
         with torch.no_grad():
             for p, v in zip(params, live):
                 p.copy_(v)
 
     def checkpoint():
         _atomic_save(dict(params=[p.detach() for p in params], ema=ema, opt=opt.state_dict(), step=step, elapsed=elapsed,
-                          losses=losses, args=vars(args)), ckpt_path)
+                          losses=losses, args=vars(args), text_encoder=te.state_dict(), text_report=text_report), ckpt_path)
         export()
 
     unet.train()
