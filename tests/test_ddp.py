@@ -112,3 +112,16 @@ def test_more_gpus_than_the_machine_has_is_refused(monkeypatch):
         plan_devices(cfg)
     cfg1, _ = load_config(REPO / "configs" / "toy" / "sds-gaussian.yaml", ["trainer.num_nodes=3"])
     assert plan_devices(cfg1) == ("gpu", 1, 3)
+
+
+def test_a_multi_process_run_called_inside_another_program_is_refused(tmp_path, capsys):
+    """Lightning starts the other processes by rerunning sys.argv, which inside another program (here
+    pytest) is not this run: the CI once hung on trainer.devices=3 passed to cli.main."""
+    from threedgen import cli
+
+    out = tmp_path / "out"
+    code = cli.main(["--config", str(REPO / "configs" / "toy" / "sds-gaussian.yaml"), "--train", "-q", f"output_dir={out}",
+                     "trainer.devices=3"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and len(err) == 1 and "launch.py" in err[0] and "trainer.devices=1" in err[0]
+    assert not out.exists()

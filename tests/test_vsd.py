@@ -48,7 +48,7 @@ def _perturb(g, seed=0, scale=0.3):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in g.lora.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen))
+            p.add_(scale * torch.randn(p.shape, generator=gen).to(p))
 
 
 class _Calls:

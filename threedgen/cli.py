@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         runner.plan_stages(cfg, raw, Path(cfg.output_dir))  # stage hand-overs checked before anything is written
         run_dir, ckpt = runner.resolve_run(cfg, args.resume, need_ckpt)
         world = 1 if need_ckpt else runner.plan_devices(cfg, args.gpu)[2]
-        _check_external_launch(world)
+        _check_external_launch(world, argv)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -120,9 +120,11 @@ def _train(runner, cfg, raw, run_dir: Path, ckpt, gpu, world: int):
         os.environ.pop(RUN_DIR_ENV, None)
 
 
-def _check_external_launch(world: int) -> None:
+def _check_external_launch(world: int, argv: list[str]) -> None:
     """torchrun / SLURM start every process of a multi-process run themselves: they must be told the
-    one run folder, or each would make its own."""
+    one run folder, or each would make its own. Otherwise Lightning starts the other processes by
+    rerunning this program's command line, so ``main(argv)`` called inside another program (whose
+    ``sys.argv`` is not this run) cannot start them."""
     import os
 
     from .config import ConfigError
@@ -132,6 +134,9 @@ def _check_external_launch(world: int) -> None:
     if world > 1 and started_outside and RUN_DIR_ENV not in os.environ:
         raise ConfigError(f"this process was started by torchrun or SLURM for a {world}-process run: set {RUN_DIR_ENV}="
                           "<a folder on a filesystem every machine shares> so that all processes write one run folder")
+    if world > 1 and not started_outside and RUN_DIR_ENV not in os.environ and list(argv) != sys.argv[1:]:
+        raise ConfigError(f"a {world}-process run starts its other processes by rerunning this program's command line, "
+                          "which is not this run's: start it from launch.py (or torchrun), or set trainer.devices=1")
 
 
 def check_gpus(gpu: str | None) -> None:

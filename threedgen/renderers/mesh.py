@@ -23,6 +23,8 @@ is the CameraBatch's ``light_dir`` or the camera direction, as in the volume ren
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -75,6 +77,35 @@ class _TorchRaster:
         return raster_torch.antialias(col, rast, pos, tri)
 
 
+@contextlib.contextmanager
+def _built_plugins_importable():
+    """nvdiffrast 0.3.3 JIT-builds its plugin with torch, then imports it by name. The GPU check on an H200
+    (torch 2.11, CUDA 13) failed there with "No module named nvdiffrast_plugin_...": torch loads the built
+    library from its file without putting it into ``sys.modules`` (a multi-phase-init extension is not
+    registered by loading), so the import by name finds nothing. While nvdiffrast sets up, every module
+    torch loads this way is registered under its name; each is loaded once (a pybind11 module loaded twice
+    would register its types twice)."""
+    import sys
+
+    from torch.utils import cpp_extension
+
+    load = cpp_extension._import_module_from_library
+
+    def load_and_register(name, path, is_python_module):
+        if is_python_module and name in sys.modules:
+            return sys.modules[name]
+        module = load(name, path, is_python_module)
+        if is_python_module:
+            sys.modules[name] = module
+        return module
+
+    cpp_extension._import_module_from_library = load_and_register
+    try:
+        yield
+    finally:
+        cpp_extension._import_module_from_library = load
+
+
 class _NvdiffRaster:
     name = "cuda"
 
@@ -82,7 +113,8 @@ class _NvdiffRaster:
         import nvdiffrast.torch as dr  # CUDA only; optional
 
         self.dr = dr
-        self.ctx = dr.RasterizeCudaContext(device=device)
+        with _built_plugins_importable():
+            self.ctx = dr.RasterizeCudaContext(device=device)
 
     def rasterize(self, pos, tri, hw):
         rast, _ = self.dr.rasterize(self.ctx, pos.contiguous(), tri.int().contiguous(), resolution=list(hw))
