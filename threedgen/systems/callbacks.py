@@ -83,6 +83,7 @@ class ProgressBar(pl.Callback):
     def __init__(self, total: int, desc: str, enabled: bool = True):
         self.total, self.desc, self.enabled = total, desc, enabled
         self.bar = None
+        self._shown_at = float("-inf")
 
     def on_train_start(self, trainer, pl_module):
         if self.enabled:
@@ -94,8 +95,12 @@ class ProgressBar(pl.Callback):
         if self.bar is None:
             return
         self.bar.update(trainer.global_step - self.bar.n)
+        now = time.monotonic()
+        if now - self._shown_at < 1.0:  # the losses live on the device: reading them waits for the step, so once a second
+            return
+        self._shown_at = now
         logs = getattr(pl_module, "_step_logs", {})
-        shown = {k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if "loss" in k and "/w_" not in k}
+        shown = {k.split("/")[-1]: f"{float(v):.3g}" for k, v in logs.items() if "loss" in k and "/w_" not in k}
         self.bar.set_postfix(shown, refresh=False)
 
     def _close(self):

@@ -235,22 +235,22 @@ class GenerationSystem(pl.LightningModule):
         out, cams, parts = self._render_particles(step)
         inp = self.guidance_input(out, cams)
         total = torch.zeros((), device=self.device)
-        logs: dict[str, float] = {}
+        logs: dict[str, object] = {}  # detached tensors: turned into floats only when a logger reads them
         for i, (g, w_sched, bundle) in enumerate(zip(self.guidances, self.guidance_weights, self._bundles)):
             if not self.guidance_runs(i, step):
                 continue
             res = g(self._own_input(i) or inp, bundle, step)
-            if "nonfinite" in res:
-                self.nonfinite_total += int(res["nonfinite"])
+            if "nonfinite" in res:  # a device tensor: summed without a sync, read when logged or saved
+                self.nonfinite_total = self.nonfinite_total + res["nonfinite"]
             w = w_sched(step)
             prefix = f"g{i}/" if len(self.guidances) > 1 else ""
             for k, v in res.items():
                 if k.startswith("loss_"):
                     total = total + w * v
-                    logs[f"train/{prefix}{k}"] = float(v.detach())
+                    logs[f"train/{prefix}{k}"] = v.detach()
                     logs[f"train/{prefix}w_{k[5:]}"] = w
                 elif torch.is_tensor(v) and v.numel() == 1:
-                    logs[f"train/{prefix}{k}"] = float(v.detach())
+                    logs[f"train/{prefix}{k}"] = v.detach()
                 elif isinstance(v, (int, float)):
                     logs[f"train/{prefix}{k}"] = float(v)
         for name, reg, w_sched in zip(self.regulariser_names, self.regularisers, self.regulariser_weights):
@@ -260,13 +260,13 @@ class GenerationSystem(pl.LightningModule):
             # mean over particles: each particle's regulariser-vs-guidance balance is the single-scene one
             v = sum(reg(o, self.particle(i)[0], c) for i, c, o in parts) / len(parts)
             total = total + w * v
-            logs[f"train/reg_{name}"] = float(v.detach())
+            logs[f"train/reg_{name}"] = v.detach() if torch.is_tensor(v) else float(v)
             logs[f"train/w_reg_{name}"] = w
         if not total.requires_grad:  # every guidance skipped this step (probabilities) and no regulariser
             total = total + 0.0 * out.rgb.sum()
-        logs["train/nonfinite_total"] = float(self.nonfinite_total)
-        logs["train/loss"] = float(total.detach())
-        logs["train/alpha_mean"] = float(out.alpha.detach().mean())
+        logs["train/nonfinite_total"] = self.nonfinite_total
+        logs["train/loss"] = total.detach()
+        logs["train/alpha_mean"] = out.alpha.detach().mean()
         self._particle_renders = parts
         self._step_logs = logs
         return total
@@ -278,9 +278,9 @@ class GenerationSystem(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer):
         norms = {}
         for pg in optimizer.param_groups:
-            grads = [p.grad.detach().flatten() for p in pg["params"] if p.grad is not None]
-            if grads:
-                norms[f"grad_norm/{pg.get('name', 'group')}"] = float(torch.cat(grads).norm())
+            grads = [p.grad.detach() for p in pg["params"] if p.grad is not None]
+            if grads:  # no copy of the gradients and no sync: a norm of the per-tensor norms
+                norms[f"grad_norm/{pg.get('name', 'group')}"] = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
             norms[f"lr/{pg.get('name', 'group')}"] = pg["lr"]
         self._step_logs.update(norms)
 
@@ -319,7 +319,7 @@ class GenerationSystem(pl.LightningModule):
     # ---- checkpoint --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["threedgen"] = {"prompt": self.cfg.prompt, "representation": self.cfg.representation.name,
-                                   "nonfinite_total": self.nonfinite_total}
+                                   "nonfinite_total": int(self.nonfinite_total)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.nonfinite_total = int(checkpoint.get("threedgen", {}).get("nonfinite_total", 0))
