@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from threedgen import registry
 from threedgen.config import from_dict

@@ -73,7 +73,7 @@ class GaussianRenderer(Renderer):
         g = representation.activated()
         dev = g["means"].device
         cameras = cameras.to(dev)
-        C, H, W = len(cameras), cameras.height, cameras.width
+        H, W = cameras.height, cameras.width
         viewmats, Ks = viewmats_and_Ks(cameras)
         campos = cameras.c2w[:, :3, 3].float()
         feats = representation.colors(campos)  # [C,N,3]

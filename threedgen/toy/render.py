@@ -144,7 +144,7 @@ def render_scene(
         cameras = cameras[[0] * len(scenes)]
     if len(scenes) != len(cameras):
         raise ValueError(f"{len(scenes)} scenes for {len(cameras)} cameras")
-    B, H, Wd = len(scenes), cameras.height, cameras.width
+    B = len(scenes)
     outs = {k: [] for k in ("rgb", "mask", "depth", "normal", "marker")}
     for s in range(0, B, chunk):
         out = _render_chunk(scenes[s : s + chunk], cameras[list(range(s, min(B, s + chunk)))], ssaa, max_iter, eps)
