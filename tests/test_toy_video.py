@@ -54,13 +54,19 @@ def test_inflated_unet_is_the_image_prior_per_frame_and_old_words_keep_their_emb
     assert (l - r).abs().max() > 1e-2
 
 
-def test_training_writes_a_video_prior_the_interface_loads(tmp_path):
+@pytest.fixture(scope="module")
+def clip_cache(tmp_path_factory):
+    """One rendered clip dataset for the training tests of this module."""
+    return tmp_path_factory.mktemp("clip-cache")
+
+
+def test_training_writes_a_video_prior_the_interface_loads(tmp_path, clip_cache):
     from threedgen.guidance.model_folder import PriorConfig
     from threedgen.guidance.priors import get_prior
     from threedgen.toy.train_video import main
 
     out = tmp_path / "toy-video"
-    main(["--steps", "2", "--clips-per-pair", "1", "--batch-size", "1", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+    main(["--steps", "2", "--clips-per-pair", "1", "--batch-size", "1", "--out", str(out), "--cache-dir", str(clip_cache),
           "--separate-motions", "3", "--motion-init-std", "0.02"])
     report = __import__("json").loads((out / "training.json").read_text())
     assert set(report["direction_gap"]) == {"caption", "opposite"} and report["motion_text"]["after"]["motion"] > 0
@@ -132,3 +138,21 @@ def test_motion_separation_opens_the_motion_words_and_keeps_the_static_captions(
     assert motion_gap(tok, te) == pytest.approx(after)
     assert swap_direction("a red cube moving left") == "a red cube moving right"
     assert swap_direction("a green cone bouncing") == "a green cone moving down"
+
+
+def test_direction_hinge_asks_for_a_margin_and_then_lets_go(tmp_path, clip_cache):
+    from threedgen.toy.train_video import direction_contrast, main
+
+    cap = torch.tensor([1.0, 1.0], requires_grad=True)
+    opp = torch.tensor([1.0, 2.0], requires_grad=True)
+    loss = direction_contrast(cap, opp, margin=0.1)
+    loss.backward()
+    assert float(loss) == pytest.approx(0.05)  # only the first clip is inside the margin: (1.1 - 1.0) / 2
+    assert cap.grad[0] > 0 and opp.grad[0] < 0 and cap.grad[1] == 0 and opp.grad[1] == 0
+    out = tmp_path / "toy-video"
+    main(["--steps", "2", "--clips-per-pair", "1", "--batch-size", "2", "--out", str(out), "--cache-dir", str(clip_cache),
+          "--separate-motions", "0", "--direction-contrast", "1.0"])
+    report = __import__("json").loads((out / "training.json").read_text())
+    assert report["args"]["direction_contrast"] == 1.0 and report["steps"] == 2
+    with pytest.raises(SystemExit):
+        main(["--direction-contrast", "-1", "--out", str(tmp_path / "x")])

@@ -132,6 +132,13 @@ def direction_gap(unet, text_encoder, x0, ids, swapped_ids, acp, t_min: int = 70
     return out
 
 
+def direction_contrast(err_caption: torch.Tensor, err_opposite: torch.Tensor, margin: float) -> torch.Tensor:
+    """Hinge on per-clip errors: a clip must be denoised at least ``1 + margin`` times better under its own
+    caption than under the opposite direction. The plain loss hardly sees the direction once one word is
+    shared by many scenes (docs/4d.md, fifth attempt); this term sees nothing else. Zero once the gap is open."""
+    return torch.relu((1.0 + margin) * err_caption - err_opposite).mean()
+
+
 def trainable(unet, text_encoder, everything: bool = False, text_layers: bool = False) -> list[torch.nn.Parameter]:
     """Motion modules, cross-attention layers (or every UNet weight), the text encoder's layers when
     asked, and the token table (its old rows are masked in training); the token table is last."""
@@ -161,6 +168,9 @@ def main(argv=None) -> None:
     ap.add_argument("--separate-motions", type=int, default=300, help="steps of motion-word separation of the text encoder before training (0: off; motion_text.py)")
     ap.add_argument("--motion-margin", type=float, default=0.3, help="gap the separation opens between a scene's motion captions")
     ap.add_argument("--motion-init-std", type=float, default=0.0, help="start the motion modules' output projections at N(0, std) (0: exactly the image prior)")
+    ap.add_argument("--direction-contrast", type=float, default=0.0,
+                    help="weight of the direction hinge (the clip under its caption vs the opposite direction; 0: off, doubles the step's cost)")
+    ap.add_argument("--direction-margin", type=float, default=0.1, help="relative margin of the direction hinge")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--cache-dir", default=".cache")
@@ -171,6 +181,9 @@ def main(argv=None) -> None:
         ap.error(f"--high-noise-share is a share of the batch in [0, 1], got {args.high_noise_share}")
     if not 1.0 <= args.x0_weight_cap <= 1e4:
         ap.error(f"--x0-weight-cap is a factor in [1, 1e4] (1: off), got {args.x0_weight_cap}")
+    if not (0.0 <= args.direction_contrast <= 1e3 and 0.0 <= args.direction_margin <= 10.0):
+        ap.error(f"--direction-contrast is a weight in [0, 1000] and --direction-margin a ratio in [0, 10], got "
+                 f"{args.direction_contrast} and {args.direction_margin}")
 
     from diffusers import UNet2DConditionModel
     from tqdm import tqdm
@@ -198,6 +211,7 @@ def main(argv=None) -> None:
     captions = sorted(set(ds["captions"]))
     cap_index = torch.tensor([1 + captions.index(c) for c in ds["captions"]])
     ids = tokenize(tok, [""] + captions)
+    opposite_index = torch.tensor([0] + [1 + captions.index(swap_direction(c)) if swap_direction(c) in captions else 0 for c in captions])
     unet = motion_unet_from(UNet2DConditionModel.from_pretrained(base / "unet"), args.motion_init_std, args.seed)
     unet.requires_grad_(False)
     te.requires_grad_(False)
@@ -278,7 +292,15 @@ def main(argv=None) -> None:
         pred = unet(xt, t, encoder_hidden_states=enc).sample
         w = loss_weights(t, acp, torch.zeros(len(idx), 1, 1, 1), args.min_snr_gamma, 0.0).view(-1, 1, 1, 1, 1)
         w = w * high_noise_weights(t, acp, args.x0_weight_cap).view(-1, 1, 1, 1, 1)
-        loss = (w * (pred - noise).pow(2)).mean()
+        err = (w * (pred - noise).pow(2)).flatten(1).mean(1)  # per clip
+        loss = err.mean()
+        opp = opposite_index[cap]
+        if args.direction_contrast > 0 and bool((opp > 0).any()):  # captioned clips whose opposite is a known caption
+            keep = opp > 0
+            enc_opp = te(ids[opp[keep]]).last_hidden_state.repeat_interleave(FRAMES, 0)
+            pred_opp = unet(xt[keep], t[keep], encoder_hidden_states=enc_opp).sample
+            err_opp = (w[keep] * (pred_opp - noise[keep]).pow(2)).flatten(1).mean(1)
+            loss = loss + args.direction_contrast * direction_contrast(err[keep], err_opp, args.direction_margin)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
