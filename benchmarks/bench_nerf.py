@@ -89,6 +89,8 @@ def main(argv=None):
     ap.add_argument("--grid", choices=sorted(GRIDS), default="small")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], default=["cpu", "cuda"],
+                    help="which rows to run (a GPU check with little time: --devices cuda)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -97,8 +99,8 @@ def main(argv=None):
     hdr = f"{'device':6} {'path':14} {'occ':3} {'res':>4} {'rays/s':>10} {'render s':>9} {'train step s':>12} {'kept':>6}"
     print(hdr)
     print("-" * len(hdr))
-    runs = [(torch.device("cpu"), "torch")]
-    if torch.cuda.is_available():
+    runs = [(torch.device("cpu"), "torch")] if "cpu" in args.devices else []
+    if torch.cuda.is_available() and "cuda" in args.devices:
         runs += [(torch.device("cuda"), "torch"), (torch.device("cuda"), "cuda")]
     results = {}
     for device, backend in runs:
@@ -111,8 +113,9 @@ def main(argv=None):
                       f"{m['render_s']:9.3f} {m['train_s']:12.3f} {m['kept']:6.1%}")
     for res in args.res:
         m = results.get(("cpu", "torch", res, True)), results.get(("cpu", "torch", res, False))
-        print(f"cpu {res}^2: occupancy grid speeds a training step up {m[1]['train_s'] / m[0]['train_s']:.2f}x, "
-              f"rendering {m[1]['render_s'] / m[0]['render_s']:.2f}x")
+        if m[0] is not None:
+            print(f"cpu {res}^2: occupancy grid speeds a training step up {m[1]['train_s'] / m[0]['train_s']:.2f}x, "
+                  f"rendering {m[1]['render_s'] / m[0]['render_s']:.2f}x")
         if ("cuda", "cuda", res, True) in results:
             a, b = results[("cuda", "torch", res, True)], results[("cuda", "cuda", res, True)]
             print(f"gpu {res}^2: tcnn+nerfacc vs torch path: train step {a['train_s'] / b['train_s']:.2f}x, "
