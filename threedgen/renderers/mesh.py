@@ -24,7 +24,6 @@ is the CameraBatch's ``light_dir`` or the camera direction, as in the volume ren
 from __future__ import annotations
 
 import contextlib
-
 import logging
 from dataclasses import dataclass
 from typing import Literal, Optional

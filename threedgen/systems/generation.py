@@ -279,8 +279,8 @@ class GenerationSystem(pl.LightningModule):
         norms = {}
         for pg in optimizer.param_groups:
             grads = [p.grad.detach() for p in pg["params"] if p.grad is not None]
-            if grads:  # no copy of the gradients and no sync: a norm of the per-tensor norms
-                norms[f"grad_norm/{pg.get('name', 'group')}"] = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            if grads:  # torch's own total norm: no copy of the gradients, no sync
+                norms[f"grad_norm/{pg.get('name', 'group')}"] = torch.nn.utils.get_total_norm(grads)
             norms[f"lr/{pg.get('name', 'group')}"] = pg["lr"]
         self._step_logs.update(norms)
 

@@ -209,9 +209,10 @@ def main(argv=None) -> None:
         print(f"motion words separated: gap {text_report['before']['motion']:.3f} -> {text_report['after']['motion']:.3f} "
               f"(colour {text_report['after']['colour']:.3f}; static captions drift {text_report['static_caption_drift']:.3f})", flush=True)
     captions = sorted(set(ds["captions"]))
-    cap_index = torch.tensor([1 + captions.index(c) for c in ds["captions"]])
     ids = tokenize(tok, [""] + captions)
-    opposite_index = torch.tensor([0] + [1 + captions.index(swap_direction(c)) if swap_direction(c) in captions else 0 for c in captions])
+    row = {c: 1 + i for i, c in enumerate(captions)}  # a caption's row in ids (row 0: the empty caption)
+    opposite_index = torch.tensor([0] + [row.get(swap_direction(c), 0) for c in captions])
+    cap_index = torch.tensor([row[c] for c in ds["captions"]])
     unet = motion_unet_from(UNet2DConditionModel.from_pretrained(base / "unet"), args.motion_init_std, args.seed)
     unet.requires_grad_(False)
     te.requires_grad_(False)
