@@ -156,3 +156,22 @@ def test_direction_hinge_asks_for_a_margin_and_then_lets_go(tmp_path, clip_cache
     assert report["args"]["direction_contrast"] == 1.0 and report["steps"] == 2
     with pytest.raises(SystemExit):
         main(["--direction-contrast", "-1", "--out", str(tmp_path / "x")])
+
+
+def test_curriculum_draws_every_motion_of_the_chosen_scenes_only(tmp_path, clip_cache):
+    from threedgen.toy.train_video import curriculum_clips, main
+
+    captions = [caption(s, m) for s in W.all_scenes() if not s.marker for m in MOTIONS]
+    idx = curriculum_clips(captions, 2, seed=0)
+    chosen = [parse_motion(captions[i]) for i in idx.tolist()]
+    assert len({s.prompt for s, _ in chosen}) == 2 and len(idx) == 2 * len(MOTIONS)
+    assert sorted(m for _, m in chosen) == sorted(MOTIONS * 2)
+    assert not torch.equal(idx, curriculum_clips(captions, 2, seed=1))
+    with pytest.raises(ValueError, match="curriculum-scenes must be in"):
+        curriculum_clips(captions, 0)
+    out = tmp_path / "toy-video"
+    main(["--steps", "2", "--clips-per-pair", "1", "--batch-size", "2", "--out", str(out), "--cache-dir", str(clip_cache),
+          "--separate-motions", "0", "--curriculum-scenes", "1", "--curriculum-steps", "1"])
+    assert __import__("json").loads((out / "training.json").read_text())["args"]["curriculum_scenes"] == 1
+    with pytest.raises(SystemExit):
+        main(["--curriculum-scenes", "2", "--out", str(tmp_path / "x")])
