@@ -198,6 +198,19 @@ def test_dilate_fills_every_hole_from_the_nearest_island():
     assert bool((out.sum(-1) > 0.99).all())  # push-pull filled the rest, no black left
 
 
+def test_dilation_rings_average_exactly_the_filled_3x3_neighbours():
+    import torch.nn.functional as F
+
+    from threedgen.export.bake import _box3
+
+    x = torch.rand(1, 4, 17, 23)
+    ref = F.conv2d(x, torch.ones(4, 1, 3, 3), padding=1, groups=4)  # an independent 3x3 sum, zero padding at the border
+    torch.testing.assert_close(_box3(x), ref)
+    tex, mask = torch.zeros(5, 5, 3), torch.zeros(5, 5, dtype=torch.bool)
+    tex[0, 0], tex[0, 2], mask[0, 0], mask[0, 2] = torch.tensor([1.0, 0, 0]), torch.tensor([0, 0, 1.0]), True, True
+    torch.testing.assert_close(dilate(tex, mask, iterations=1)[1, 1], torch.tensor([0.5, 0.0, 0.5]))  # both neighbours, averaged
+
+
 def test_pivot_bottom_and_size_m_give_a_bottom_centred_object_of_that_height():
     mesh = build_textured_mesh(Ball(), cfg(pivot="bottom", size_m=1.7, texture_size=64, target_faces=500))
     lo, hi = mesh.positions.min(0), mesh.positions.max(0)

@@ -41,10 +41,14 @@ class MeshViews:
 
     def sample(self, texture: torch.Tensor) -> torch.Tensor:
         """Bilinear texture lookup [N,H,W,3] (zeros where not covered); ``texture`` [T,T,3], differentiable."""
-        grid = (self.uv * 2 - 1)[None].flatten(1, 3)[:, :, None]  # [1,NHW,1,2], v down = grid y down
-        out = F.grid_sample(texture.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
-        rgb = out[0, :, :, 0].T.reshape(*self.uv.shape[:3], 3)
-        return rgb * self.covered[..., None]
+        return lookup(texture, self.uv) * self.covered[..., None]
+
+
+def lookup(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Bilinear lookups [...,3] of ``texture`` [T,T,3] at texture coordinates ``uv`` [...,2] (v down); differentiable."""
+    grid = (uv * 2 - 1).reshape(1, -1, 1, 2)  # v down = grid y down
+    out = F.grid_sample(texture.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[0, :, :, 0].T.reshape(*uv.shape[:-1], 3)
 
 
 @torch.no_grad()

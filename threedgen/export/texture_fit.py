@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .bake import dilate, rasterize_uv
-from .mesh_views import rasterize_mesh
+from .mesh_views import lookup, rasterize_mesh
 from .views import ViewSet
 
 log = logging.getLogger("threedgen")
@@ -82,12 +82,13 @@ def fit_texture(positions: np.ndarray, faces: np.ndarray, uv: np.ndarray, views:
     t_init = time.perf_counter() - t0
     target = views.colour
     valid = mv.covered & (views.alpha >= OPAQUE)
-    mse0 = float(((mv.sample(tex) - target)[valid] ** 2).mean())
+    uv_valid, target_valid = mv.uv[valid], target[valid]  # the loss reads only these pixels: look up nothing else
+    mse0 = float(((lookup(tex, uv_valid) - target_valid) ** 2).mean())
     param = tex.clone().requires_grad_(True)
     opt = torch.optim.Adam([param], lr=lr)
     mse = mse0
     for _ in range(steps):
-        loss = ((mv.sample(param) - target)[valid] ** 2).mean()
+        loss = ((lookup(param, uv_valid) - target_valid) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
