@@ -3,6 +3,7 @@ memory, and the overhead ratio.
 
     python benchmarks/bench_floor.py                 # CPU: the toy recipes (toy prior), one thread
     python benchmarks/bench_floor.py --full-size     # GPU: the SD recipes on an SD-2.1-size UNet + VAE, random weights
+    python benchmarks/bench_floor.py --compile       # each recipe also with prior.compile=true: speed-up and compile time
 
 Per recipe, one training step (render, objective, backward, optimiser) is timed over ``--steps``
 steps after warm-up, split by hooks into: render (the renderer's forward), prior (every denoiser
@@ -70,6 +71,11 @@ def model_overrides(raw, folder: str, path: str = "") -> list[str]:
     return out
 
 
+def compile_overrides(raw) -> list[str]:
+    """``prior.compile=true`` for every prior of a recipe (the ``model`` keys' parents), stages included."""
+    return [o.split("=")[0].rsplit(".", 1)[0] + ".compile=true" for o in model_overrides(raw, "x") if o.split("=")[0].endswith("prior.model")]
+
+
 class Timer:
     """Sums the seconds between a module's forward pre-hook and forward hook (synchronising on CUDA)."""
 
@@ -133,6 +139,9 @@ def bench(recipe: str, overrides: list[str], steps: int, device) -> dict:
     from threedgen.config import load_config
     from threedgen.systems.runner import build_system, plan_stages
 
+    from threedgen.guidance.priors import clear_prior_cache
+
+    clear_prior_cache()  # a fresh prior per bench: an eager run after a compiled one must not reuse its compiled denoiser
     cfg, raw = load_config(recipe, overrides)
     cfg = plan_stages(cfg, raw, Path(tempfile.mkdtemp()))[0].cfg  # the first stage of staged recipes
     system = build_system(cfg).to(device)
@@ -145,7 +154,7 @@ def bench(recipe: str, overrides: list[str], steps: int, device) -> dict:
     main = getattr(prior, "unet", None) or getattr(prior, "transformer", None)
     parts = {"render": Timer([system.renderer], sync), "prior": Timer(denoisers(system), sync),
              "vae": Timer([getattr(getattr(p, "vae", None), "encoder", None) for p in priors], sync)}
-    rows = []
+    rows, first = [], 0.0
     for i in range(steps + 2):
         for t in parts.values():
             t.total, t.calls = 0.0, []
@@ -163,6 +172,8 @@ def bench(recipe: str, overrides: list[str], steps: int, device) -> dict:
         opt.step()
         sync()
         t3 = time.perf_counter()
+        if i == 0:
+            first = t3 - t0  # with --compile: the compilation
         if i >= 2:  # two warm-up steps (occupancy grid, caches, cudnn autotuning)
             rows.append({"step": t3 - t0, "backward": t2 - t1, "optimiser": t3 - t2,
                          **{k: t.total for k, t in parts.items()}, "calls": [c for c in parts["prior"].calls if c[0] is main]})
@@ -173,6 +184,7 @@ def bench(recipe: str, overrides: list[str], steps: int, device) -> dict:
     res = int(getattr(prior, "resolution", 64))
     med["floor"] = statistics.median(floor_seconds(prior, rows[j]["calls"], sync, res, int(cfg.data.batch_size(0)), device)
                                      for j in range(min(3, len(rows))))
+    med["first"] = first
     med["peak_mb"] = (torch.cuda.max_memory_allocated() / 2**20) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return med
 
@@ -184,6 +196,7 @@ def main() -> None:
     ap.add_argument("--model", help="a local diffusers folder every model key of the recipes is pointed at (default: the recipes' own)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--compile", action="store_true", help="each recipe twice: as written, then with prior.compile=true (torch.compile)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every recipe")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -195,13 +208,29 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     from threedgen.recipe_files import load_raw
 
+    compiled = []
     for recipe in recipes:
-        extra = model_overrides(load_raw(recipe), folder) if folder else []
-        m = bench(recipe, [*extra, *args.overrides], args.steps, device)
-        pct = lambda k: f"{100 * m[k] / m['step']:.0f}%"  # noqa: E731
-        print(f"| {Path(recipe).stem} | {1 / m['step']:.2f} | {1000 * m['step']:.0f} | {pct('render')} | {pct('prior')} | {pct('vae')} | "
-              f"{pct('backward')} | {pct('optimiser')} | {pct('rest')} | {1000 * m['floor']:.0f} | {m['step'] / m['floor']:.2f} | {m['peak_mb']:.0f} |",
-              flush=True)
+        raw = load_raw(recipe)
+        extra = model_overrides(raw, folder) if folder else []
+        eager = None
+        for compile_prior in ((False, True) if args.compile else (False,)):
+            m = bench(recipe, [*extra, *(compile_overrides(raw) if compile_prior else []), *args.overrides], args.steps, device)
+            if compile_prior:
+                compiled.append((Path(recipe).stem, eager, m))
+            else:
+                eager = m
+            pct = lambda k: f"{100 * m[k] / m['step']:.0f}%"  # noqa: E731
+            name = Path(recipe).stem + (" (compiled)" if compile_prior else "")
+            print(f"| {name} | {1 / m['step']:.2f} | {1000 * m['step']:.0f} | {pct('render')} | {pct('prior')} | {pct('vae')} | "
+                  f"{pct('backward')} | {pct('optimiser')} | {pct('rest')} | {1000 * m['floor']:.0f} | {m['step'] / m['floor']:.2f} | {m['peak_mb']:.0f} |",
+                  flush=True)
+    if compiled:
+        print("\n| recipe | step speed-up with prior.compile | first step eager s | first step compiled s (the compilation) | steps to pay it back |")
+        print("|---|---|---|---|---|")
+        for name, e, c in compiled:
+            saved = e["step"] - c["step"]
+            payback = f"{(c['first'] - e['first']) / saved:.0f}" if saved > 0 else "never"
+            print(f"| {name} | {e['step'] / c['step']:.2f}x | {e['first']:.1f} | {c['first']:.1f} | {payback} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -244,3 +244,25 @@ def test_cpu_offload_path_runs(tiny_pixel_path):
     with torch.no_grad():
         pred = p.predict_guided(x, 300, emb, emb, 3.0)
     assert pred.eps.shape == x.shape and next(p.unet.parameters()).device.type == "cpu"
+
+
+def test_compiled_denoiser_predicts_as_the_eager_one_and_hooks_stay_outside(tiny_pixel_path):
+    clear_prior_cache()
+    eager = DDPMPrior(PriorConfig(model=str(tiny_pixel_path), device="cpu"))
+    x = torch.randn(2, 3, eager.resolution, eager.resolution)
+    t = torch.tensor([100, 700])
+    cond, uncond = _emb(eager, "a red cube"), _emb(eager, "")
+    with torch.no_grad():
+        ref = eager.predict_guided(x, t, cond, uncond, 5.0).eps
+    shared = get_prior(PriorConfig(model=str(tiny_pixel_path), device="cpu"))
+    assert get_prior(PriorConfig(model=str(tiny_pixel_path), device="cpu", compile=True)) is shared and shared.cfg.compile
+    calls = []
+    shared.denoiser.register_forward_pre_hook(lambda *_: calls.append(1))  # a timer's hook: runs eagerly, no recompile
+    with torch.no_grad():
+        for _ in range(2):
+            out = shared.predict_guided(x, t, cond, uncond, 5.0).eps
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    assert len(calls) == 2 and hasattr(shared.denoiser.forward, "_torchdynamo_orig_callable")
+    with pytest.raises(ValueError, match="compile and prior.cpu_offload"):
+        DDPMPrior(PriorConfig(model=str(tiny_pixel_path), device="cpu", compile=True, cpu_offload=True))
+    clear_prior_cache()

@@ -51,6 +51,11 @@ class PriorConfig:
     cpu_offload: bool = False
     """Keep the UNet and VAE on the CPU and move each to the GPU only while it runs (saves memory,
     costs a transfer per call). The text encoder is always loaded only when needed and freed after."""
+    compile: bool = False
+    """``torch.compile`` the denoiser (UNet or transformer) in place. The first call compiles (the toy
+    prior on one CPU thread: 74 s cold, 7 s from inductor's cache) and later calls run faster (its
+    forward 1.35x; ``benchmarks/bench_floor.py --compile`` measures a recipe with and without), so it
+    pays only over long runs. Not with ``cpu_offload`` (each move would recompile)."""
     resolution: Optional[int] = None
     """Image size the render is resized to before encoding; default the denoiser's ``sample_size`` times
     the VAE's downsampling factor (512 for SD 2.1-base, 64 for IF stage I)."""
