@@ -142,6 +142,7 @@ def bench(recipe: str, overrides: list[str], steps: int, device) -> dict:
     from threedgen.guidance.priors import clear_prior_cache
 
     clear_prior_cache()  # a fresh prior per bench: an eager run after a compiled one must not reuse its compiled denoiser
+    torch._dynamo.reset()  # nor a compiled run the code cache of another recipe's prior (its compile time is then its own)
     cfg, raw = load_config(recipe, overrides)
     cfg = plan_stages(cfg, raw, Path(tempfile.mkdtemp()))[0].cfg  # the first stage of staged recipes
     system = build_system(cfg).to(device)
