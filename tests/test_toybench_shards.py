@@ -67,6 +67,19 @@ def test_fingerprint_follows_the_recipe_and_weights_not_the_prompt_or_seed(tmp_p
     assert a["weights_sha"] != b["weights_sha"] and a["config_sha"] == b["config_sha"]
 
 
+def test_export_settings_leave_rows_current_and_old_rows_still_count():
+    from threedgen.toy.provenance import fingerprint, is_current
+
+    base = fingerprint(Path(RECIPE), TINY, None, ROOT)
+    exported = fingerprint(Path(RECIPE), [*TINY, "export.refine_steps=0"], None, ROOT)
+    assert exported["config_sha"] == base["config_sha"] != exported["config_sha_with_export"]  # scores read renders, not exports
+    old_row = {"config_sha": base["config_sha_with_export"], "weights_sha": base["weights_sha"]}  # hashed with its export section
+    assert is_current(old_row, base) and not is_current(old_row, exported)
+    assert not is_current({**old_row, "weights_sha": "0" * 12}, base)
+    trained = fingerprint(Path(RECIPE), [*TINY, "trainer.max_steps=7"], None, ROOT)
+    assert not is_current({"config_sha": base["config_sha"], "weights_sha": base["weights_sha"]}, trained)
+
+
 def test_bad_arguments_one_line_exit_2(tmp_path, capsys):
     with pytest.raises(ValueError, match="1 <= i <= n"):
         parse_shard("3/2")

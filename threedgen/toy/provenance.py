@@ -3,7 +3,7 @@
 ToyBench's table is built across sessions from rows written one at a time. A row made before a recipe
 was changed, or before the toy prior was retrained, measures something that no longer exists, so every
 row records ``config_sha`` (the recipe after its ``base:`` chain and the shared overrides, without the
-per-job prompt and seed) and ``weights_sha`` (every weight file of every model folder the recipe names,
+per-job prompt and seed and without the export section, which no score reads) and ``weights_sha`` (every weight file of every model folder the recipe names,
 plus the classifier that scores it). A shard reruns a job whose row is stale, and ``--merge`` leaves
 stale rows out of the tables and says how many (``threedgen/toy/bench.py``).
 """
@@ -54,12 +54,17 @@ def fingerprint(recipe: Path, overrides: list[str], classifier: Path | None, roo
     raw.pop("seed", None)
     if isinstance(raw.get("system"), dict):
         raw["system"] = {k: v for k, v in raw["system"].items() if k != "prompt"}
-    config_sha = hashlib.sha1(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    sha = lambda d: hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]  # noqa: E731
     folders = sorted(set(_model_dirs(raw, root)) | ({Path(classifier).resolve()} if classifier else set()))
     weights = hashlib.sha1("".join(_folder_sha(str(f)) for f in folders).encode()).hexdigest()[:12]
-    return {"config_sha": config_sha, "weights_sha": weights}
+    # ToyBench scores the checkpoint's renders, so the export section changes no score (asset_bench
+    # re-exports): the hash leaves it out. Rows written before that hashed it in; they are matched by
+    # ``config_sha_with_export``, the hash of the whole recipe.
+    return {"config_sha": sha({k: v for k, v in raw.items() if k != "export"}), "config_sha_with_export": sha(raw),
+            "weights_sha": weights}
 
 
 def is_current(row: dict, current: dict) -> bool:
-    """A row counts only if both hashes match what the recipe and weights are now."""
-    return all(row.get(k) == v for k, v in current.items())
+    """A row counts only if it was made by the recipe (its export section aside) and the weights of now."""
+    configs = {current["config_sha"], current.get("config_sha_with_export", current["config_sha"])}
+    return row.get("config_sha") in configs and row.get("weights_sha") == current["weights_sha"]
