@@ -175,3 +175,29 @@ def test_curriculum_draws_every_motion_of_the_chosen_scenes_only(tmp_path, clip_
     assert __import__("json").loads((out / "training.json").read_text())["args"]["curriculum_scenes"] == 1
     with pytest.raises(SystemExit):
         main(["--curriculum-scenes", "2", "--out", str(tmp_path / "x")])
+
+
+def test_frame_words_give_each_frame_its_own_caption(tmp_path, clip_cache):
+    from transformers import CLIPTokenizer
+
+    from threedgen.toy.train_video import caption_ids, main, per_frame
+    from threedgen.toy.video_dataset import FRAMES, frame_captions
+
+    caps = frame_captions("a red cube moving left")
+    assert len(caps) == FRAMES and caps[0].endswith("frame zero") and caps[-1].endswith("frame seven")
+    with pytest.raises(ValueError, match="at most 8 frames"):
+        frame_captions("a red cube", frames=9)
+    out = tmp_path / "toy-video"
+    main(["--steps", "2", "--clips-per-pair", "1", "--batch-size", "2", "--out", str(out), "--cache-dir", str(clip_cache),
+          "--separate-motions", "0", "--frame-words"])
+    tok = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    ids = caption_ids(tok, ["a red cube moving left", "a blue sphere moving up"], frame_words=True)
+    assert ids.shape[:2] == (2, FRAMES) and tok.unk_token_id not in ids.tolist()[0][3]
+    assert not torch.equal(ids[0, 0], ids[0, 1])  # frames differ only in their index word
+    from transformers import CLIPTextModel
+
+    te = CLIPTextModel.from_pretrained(out / "text_encoder")
+    assert per_frame(te, ids, FRAMES).shape[0] == 2 * FRAMES
+    plain = caption_ids(tok, ["a red cube moving left"], frame_words=False)
+    states = per_frame(te, plain, FRAMES)
+    assert states.shape[0] == FRAMES and torch.equal(states[0], states[-1])  # one caption, repeated per frame

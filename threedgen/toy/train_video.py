@@ -25,7 +25,7 @@ import torch
 from . import world as W
 from .train_prior import (_atomic_save, _ema_update, build_scheduler, checkpoint_path, draw_timesteps, high_noise_weights,  # noqa: F401
                           loss_weights, lr_at, require_toy_prior)
-from .video_dataset import FRAMES, MOTION_WORDS, load_clip_dataset
+from .video_dataset import FRAME_WORDS, FRAMES, MOTION_WORDS, frame_captions, load_clip_dataset
 
 
 def motion_unet_from(base_unet, init_std: float = 0.0, seed: int = 0):
@@ -50,7 +50,7 @@ def motion_unet_from(base_unet, init_std: float = 0.0, seed: int = 0):
     return unet
 
 
-def extend_text_side(base: Path):
+def extend_text_side(base: Path, extra_words: tuple = ()):
     """The toy tokenizer over the vocabulary plus ``MOTION_WORDS`` and the toy text encoder with its token
     table re-indexed to it (old words keep their rows; each new word starts at its own random row, drawn
     with the old rows' mean and per-dimension spread). Started all at the mean row, "left" and "right"
@@ -64,7 +64,7 @@ def extend_text_side(base: Path):
 
     old_tok = CLIPTokenizer.from_pretrained(base / "tokenizer")
     te = CLIPTextModel.from_pretrained(base / "text_encoder")
-    tok = build_tokenizer(tuple(W.VOCABULARY) + MOTION_WORDS)
+    tok = build_tokenizer(tuple(W.VOCABULARY) + MOTION_WORDS + tuple(extra_words))
     old = te.get_input_embeddings().weight.detach()
     g = torch.Generator().manual_seed(0)
     table = old.mean(0) + old.std(0) * torch.randn(len(tok), old.shape[1], generator=g)
@@ -82,7 +82,7 @@ def extend_text_side(base: Path):
     return tok, te, new_ids
 
 
-def save_video_prior(out: Path, base: Path, unet, text_encoder, tokenizer, extra: dict) -> None:
+def save_video_prior(out: Path, base: Path, unet, text_encoder, tokenizer, extra: dict, extra_words: tuple = ()) -> None:
     import diffusers
 
     from .tokenizer import write_tokenizer_files
@@ -91,7 +91,7 @@ def save_video_prior(out: Path, base: Path, unet, text_encoder, tokenizer, extra
     unet.save_pretrained(out / "unet", safe_serialization=True)
     text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
     tokenizer.save_pretrained(out / "tokenizer")
-    write_tokenizer_files(out, tuple(W.VOCABULARY) + MOTION_WORDS)
+    write_tokenizer_files(out, tuple(W.VOCABULARY) + MOTION_WORDS + tuple(extra_words))
     shutil.copytree(base / "scheduler", out / "scheduler", dirs_exist_ok=True)
     index = {"_class_name": "AnimateDiffPipeline", "_diffusers_version": diffusers.__version__,
              "unet": ["diffusers", "UNetMotionModel"], "text_encoder": ["transformers", "CLIPTextModel"],
@@ -124,12 +124,28 @@ def direction_gap(unet, text_encoder, x0, ids, swapped_ids, acp, t_min: int = 70
     unet.eval()
     with torch.no_grad():
         for key, tok_ids in (("caption", ids), ("opposite", swapped_ids)):
-            enc = text_encoder(tok_ids).last_hidden_state.repeat_interleave(x0.shape[2], 0)
+            enc = per_frame(text_encoder, tok_ids, x0.shape[2])
             eps = unet(xt, t, encoder_hidden_states=enc).sample
             x0_hat = (xt - (1 - a).sqrt() * eps) / a.sqrt()
             out[key] = float((x0_hat.clamp(-1, 1) - x0).pow(2).mean())
     unet.train(was_training)
     return out
+
+
+def per_frame(text_encoder, ids: torch.Tensor, frames: int) -> torch.Tensor:
+    """Text states of ``B`` clips as the UNet reads them, one row per frame ``[B*F, L, D]``, from token ids
+    ``[B, R, 77]``: ``R = F`` per-frame captions (``--frame-words``) or ``R = 1``, each clip's caption repeated."""
+    enc = text_encoder(ids.flatten(0, 1)).last_hidden_state
+    return enc if ids.shape[1] == frames else enc.repeat_interleave(frames, 0)
+
+
+def caption_ids(tokenizer, texts: list[str], frame_words: bool) -> torch.Tensor:
+    """Token ids ``[N, R, 77]`` of ``texts``: ``R = FRAMES`` per-frame captions with ``frame_words``, else 1."""
+    from .tokenizer import tokenize
+
+    if not frame_words:
+        return tokenize(tokenizer, texts)[:, None]
+    return tokenize(tokenizer, [c for t in texts for c in frame_captions(t)]).view(len(texts), FRAMES, -1)
 
 
 def direction_contrast(err_caption: torch.Tensor, err_opposite: torch.Tensor, margin: float) -> torch.Tensor:
@@ -189,6 +205,8 @@ def main(argv=None) -> None:
     ap.add_argument("--curriculum-scenes", type=int, default=0,
                     help="first draw clips of only this many toy scenes (every motion of each; 0: off)")
     ap.add_argument("--curriculum-steps", type=int, default=0, help="steps drawn from the curriculum's scenes before all scenes")
+    ap.add_argument("--frame-words", action="store_true",
+                    help="per-frame captions: each frame's caption ends in its index ('... frame three'; video_dataset.frame_captions)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--cache-dir", default=".cache")
@@ -209,8 +227,6 @@ def main(argv=None) -> None:
     from diffusers import UNet2DConditionModel
     from tqdm import tqdm
 
-    from .tokenizer import tokenize
-
     torch.set_num_threads(args.threads)
     base, out = Path(args.base), Path(args.out)
     require_toy_prior(base)
@@ -219,7 +235,8 @@ def main(argv=None) -> None:
     ds = load_clip_dataset(args.cache_dir, args.clips_per_pair, seed=args.seed)
     clips = ds["clips"].float().div_(127.5).sub_(1.0)
     print(f"toy clips: {len(clips)} of {FRAMES} frames ({time.time() - t0:.0f} s incl. rendering if not cached)", flush=True)
-    tok, te, new_ids = extend_text_side(base)
+    words = FRAME_WORDS if args.frame_words else ()
+    tok, te, new_ids = extend_text_side(base, words)
     text_report = None
     resuming = args.resume and ckpt_path.exists()
     if args.separate_motions > 0 and not resuming:  # a resumed run reloads the separated encoder instead
@@ -230,7 +247,7 @@ def main(argv=None) -> None:
         print(f"motion words separated: gap {text_report['before']['motion']:.3f} -> {text_report['after']['motion']:.3f} "
               f"(colour {text_report['after']['colour']:.3f}; static captions drift {text_report['static_caption_drift']:.3f})", flush=True)
     captions = sorted(set(ds["captions"]))
-    ids = tokenize(tok, [""] + captions)
+    ids = caption_ids(tok, [""] + captions, args.frame_words)  # [1 + captions, R, 77]
     row = {c: 1 + i for i, c in enumerate(captions)}  # a caption's row in ids (row 0: the empty caption)
     opposite_index = torch.tensor([0] + [row.get(swap_direction(c), 0) for c in captions])
     cap_index = torch.tensor([row[c] for c in ds["captions"]])
@@ -270,7 +287,7 @@ def main(argv=None) -> None:
         print(f"curriculum: the first {args.curriculum_steps} steps draw from {len(first)} clips of {args.curriculum_scenes} scenes", flush=True)
     held = torch.Generator().manual_seed(12345)
     held_idx = torch.randperm(len(clips), generator=held)[:32]
-    swapped = tokenize(tok, [swap_direction(ds["captions"][i]) for i in held_idx])
+    swapped = caption_ids(tok, [swap_direction(ds["captions"][i]) for i in held_idx], args.frame_words)
     gap = None
 
     def export():
@@ -285,7 +302,7 @@ def main(argv=None) -> None:
         save_video_prior(out, base, unet, te, tok, dict(
             steps=step, train_minutes=round(elapsed / 60, 2), final_loss_avg200=(sum(recent) / len(recent)) if recent else None,
             args=vars(args), clips=len(clips), frames=FRAMES, captions=len(captions), motion_text=text_report,
-            direction_gap=gap))
+            direction_gap=gap), words)
         with torch.no_grad():
             for p, v in zip(params, live):
                 p.copy_(v)
@@ -316,7 +333,7 @@ def main(argv=None) -> None:
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.steps) * group.get("lr_scale", 1.0)
-        enc = te(ids[cap]).last_hidden_state.repeat_interleave(FRAMES, 0)
+        enc = per_frame(te, ids[cap], FRAMES)
         pred = unet(xt, t, encoder_hidden_states=enc).sample
         w = loss_weights(t, acp, torch.zeros(len(idx), 1, 1, 1), args.min_snr_gamma, 0.0).view(-1, 1, 1, 1, 1)
         w = w * high_noise_weights(t, acp, args.x0_weight_cap).view(-1, 1, 1, 1, 1)
@@ -325,7 +342,7 @@ def main(argv=None) -> None:
         opp = opposite_index[cap]
         if args.direction_contrast > 0 and bool((opp > 0).any()):  # captioned clips whose opposite is a known caption
             keep = opp > 0
-            enc_opp = te(ids[opp[keep]]).last_hidden_state.repeat_interleave(FRAMES, 0)
+            enc_opp = per_frame(te, ids[opp[keep]], FRAMES)
             pred_opp = unet(xt[keep], t[keep], encoder_hidden_states=enc_opp).sample
             err_opp = (w[keep] * (pred_opp - noise[keep]).pow(2)).flatten(1).mean(1)
             loss = loss + args.direction_contrast * direction_contrast(err[keep], err_opp, args.direction_margin)

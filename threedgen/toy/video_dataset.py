@@ -25,6 +25,16 @@ AMPLITUDE = 0.5
 MOTIONS = ("left", "right", "up", "down", "bouncing")
 MOTION_WORDS = ("moving", "left", "right", "up", "down", "bouncing")
 """Words the video prior's tokenizer adds to the toy vocabulary."""
+FRAME_WORDS = ("frame", "zero", "one", "two", "three", "four", "five", "six", "seven")
+"""Words of per-frame captions (``train_video.py --frame-words``): "... moving left frame three"."""
+
+
+def frame_captions(text: str, frames: int = FRAMES) -> list[str]:
+    """One caption per frame, the frame's index in words appended: the spatial layers then see both the
+    motion and where in the clip the frame is, and can place the object there (docs/4d.md)."""
+    if frames > len(FRAME_WORDS) - 1:
+        raise ValueError(f"frame words name at most {len(FRAME_WORDS) - 1} frames, got {frames}")
+    return [f"{text} frame {FRAME_WORDS[1 + f]}".strip() for f in range(frames)]
 CLIP_CAMERAS = CameraConfig(batch_size=Schedule(1), width=Schedule(RESOLUTION), height=Schedule(RESOLUTION),
                             elevation_range=(0.0, 30.0), azimuth_range=(-35.0, 35.0), distance_range=(1.8, 2.2),
                             fovy_range=(50.0, 55.0), light="none")
