@@ -41,11 +41,12 @@ def drift(recipe: Path, prompt: str, steps: list[int], draws: int, seed: int = 0
         cams = system.sampler.sample(step)  # the step's training cameras; the draws differ in noise and timestep
         world = render_scene([scene] * len(cams), cams, ssaa=2)
         d = torch.zeros_like(world["rgb"])
+        for g in system.guidances:  # schedules at this step, once (as the system does before a training step)
+            g.update_step(0, step)
         for _ in range(draws):
             rgb = world["rgb"].clone().requires_grad_(True)
             total = 0.0
             for g, w, bundle in zip(system.guidances, system.guidance_weights, system._bundles):
-                g.update_step(0, step)
                 res = g(GuidanceInput(rgb=rgb, cameras=cams, alpha=world["mask"]), bundle, step)
                 total = total + w(step) * sum(v for key, v in res.items() if key.startswith("loss_"))
             d -= torch.autograd.grad(total, rgb)[0] / draws
