@@ -86,3 +86,39 @@ def test_train_prior_with_cameras_starts_as_the_text_only_prior(tmp_path):
         want = base(x, t, encoder_hidden_states=emb).sample
         got = mv(x, t, encoder_hidden_states=emb, class_labels=camera_vectors(_cams([30.0, 200.0]).c2w, 2)).sample
     assert torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ism", "csm", "sdi"])
+def test_inverting_objectives_give_the_camera_prior_every_renders_camera(camera_prior, name):
+    """ISM, CSM and SDI reach x_t by DDIM inversion; each inversion stride is a network call that must
+    see the render's camera (under "camera unknown" the inversion and the guided prediction it is
+    paired with would come from two different conditionings)."""
+    from threedgen import registry
+    from threedgen.config import from_dict
+    from threedgen.guidance.base import GuidanceInput
+    from threedgen.prompts.processor import PromptProcessor
+
+    prior, _ = camera_prior
+    cls = registry.get("guidance", name)
+    g = cls(from_dict(cls.Config, {"prior": {"model": prior.model_id, "device": "cpu"}}), prior=prior)
+    prompts = PromptProcessor(PromptProcessor.Config(prompt="a red cube")).bundle(prior)
+    cams = _cams([0.0, 90.0])
+    seen = []
+    real = prior._denoise
+
+    def spy(x_t, t, cond, cameras):
+        seen.append(cameras)
+        return real(x_t, t, cond, cameras)
+
+    prior._denoise = spy
+    try:
+        rgb = torch.nn.Parameter(torch.rand(2, 3, 16, 16))
+        out = g(GuidanceInput(rgb=rgb, cameras=cams), prompts, 0)
+    finally:
+        del prior._denoise
+    assert len(seen) >= 2, "the objective must invert, then predict"
+    for c in seen:
+        assert c is not None, f"{name}: a network call without the renders' cameras"
+        n = c.c2w.shape[0]
+        assert torch.allclose(c.c2w, cams.c2w.repeat(n // 2, 1, 1))
+    assert torch.isfinite(next(v for k, v in out.items() if k.startswith("loss_")))

@@ -64,12 +64,13 @@ class CSMGuidance(ScoreGuidance):
         self.interval = float(self.cfg.interval(step))
 
     @torch.no_grad()
-    def noised(self, z: torch.Tensor, t: torch.Tensor, null: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def noised(self, z: torch.Tensor, t: torch.Tensor, null: torch.Tensor, cameras=None) -> tuple[torch.Tensor, int]:
         """``x_t`` for ``noise_mode`` and the UNet evaluations it cost."""
         mode = self.cfg.noise_mode
         if mode == "ddim_inversion":
             c = self.cfg
-            to_s, to_t = interval_invert(self.prior, z, t, self.interval, null, c.inversion_strides, c.inversion_stride)
+            to_s, to_t = interval_invert(self.prior, z, t, self.interval, null, c.inversion_strides, c.inversion_stride,
+                                         cameras=cameras)
             return to_t.x, to_s.n_evals + to_t.n_evals
         eps = self.noise_like(z) if mode == "fixed" else torch.randn_like(z)
         return self.prior.add_noise(z, eps, t), 0
@@ -80,7 +81,7 @@ class CSMGuidance(ScoreGuidance):
         B = z.shape[0]
         t = self.sampler.sample(B)
         with torch.no_grad():
-            x_t, n_inv = self.noised(z.detach(), t, prompts.null.expand(B))
+            x_t, n_inv = self.noised(z.detach(), t, prompts.null.expand(B), inp.cameras)
             pred = self._predict_vs_null(x_t, t, prompts, inp.cameras)
             # eps_cfg - eps_null = s (eps_c - eps_null) (plus the Perp-Neg term when it is on)
             g = self.weight(t, z.dim()) * (pred.eps - pred.eps_uncond)

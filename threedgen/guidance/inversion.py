@@ -66,19 +66,22 @@ def invert_along(
     eta: float = 0.0,
     generator: Optional[torch.Generator] = None,
     keep_trajectory: bool = False,
+    cameras=None,
 ) -> Inversion:
     """Walk ``x`` (at ``levels[0]``) through ``levels [n+1, B]``, one UNet call per stride.
 
     ``cond`` (a ``Conditioning`` of B or 1 rows) alone (or with ``guidance_scale == 1``): a plain conditional
     prediction (pass the null embedding for unconditional inversion); with ``uncond`` and a scale
-    != 1: CFG ``eps_u + s (eps_c - eps_u)`` (2B per stride)."""
+    != 1: CFG ``eps_u + s (eps_c - eps_u)`` (2B per stride). ``cameras`` (a ``CameraBatch`` of B) reach a
+    camera-conditioned prior at every stride, as they reach the guided prediction the inversion is
+    paired with; without them such a prior would invert under "camera unknown"."""
     x = x.float()
     levels = levels.to(prior.device)
     pred, n_evals = None, 0
     traj = [x] if keep_trajectory else None
     for cur, nxt in zip(levels[:-1], levels[1:]):
         # from the clean level the network is evaluated at the least noisy one
-        pred, branches = prior.predict_maybe_guided(x, cur.clamp_min(0), cond, uncond, guidance_scale)
+        pred, branches = prior.predict_maybe_guided(x, cur.clamp_min(0), cond, uncond, guidance_scale, cameras)
         n_evals += branches * x.shape[0]
         x = _step(prior, x, cur, nxt, pred.eps, eta, generator)
         if traj is not None:
@@ -97,13 +100,15 @@ def ddim_invert(
     stride: float = 0.2,
     eta: float = 0.0,
     generator: Optional[torch.Generator] = None,
+    cameras=None,
 ) -> Inversion:
     """Invert the clean model-space latent ``z0 [B,C,h,w]`` to level ``s`` (``[B]`` or one level) in
     at most ``max_strides`` strides of ``stride`` (a fraction of the noise range; ISM: 5 x 0.2,
     ``prior.levels.ladder``), unconditionally when ``cond`` is the null conditioning and no
     ``uncond`` is given. Deterministic for ``eta = 0``."""
     s = prior.levels(s, z0.shape[0])
-    return invert_along(prior, z0, prior.levels.ladder(s, max_strides, stride), cond, uncond, guidance_scale, eta, generator)
+    return invert_along(prior, z0, prior.levels.ladder(s, max_strides, stride), cond, uncond, guidance_scale, eta, generator,
+                        cameras=cameras)
 
 
 def ddim_move(
@@ -116,12 +121,13 @@ def ddim_move(
     guidance_scale: ScaleLike = 1.0,
     eta: float = 0.0,
     generator: Optional[torch.Generator] = None,
+    cameras=None,
 ) -> Inversion:
     """One DDIM step of ``x`` from level ``t_from`` to ``t_to`` (either direction; ``[B]`` or one level).
     ``pred`` of the result is the prediction at ``(x, t_from)``."""
     B = x.shape[0]
     levels = torch.stack([prior.levels(t_from, B), prior.levels(t_to, B)])
-    return invert_along(prior, x, levels, cond, uncond, guidance_scale, eta, generator)
+    return invert_along(prior, x, levels, cond, uncond, guidance_scale, eta, generator, cameras=cameras)
 
 
 def interval_invert(
@@ -132,6 +138,7 @@ def interval_invert(
     null,
     max_strides: int = 5,
     stride: float = 0.2,
+    cameras=None,
 ) -> tuple[Inversion, Inversion]:
     """ISM's deterministic noising (LucidDreamer ``train_step``): unconditional DDIM inversion of
     ``z0`` to ``s``, ``delta`` (a fraction of the range) below ``t`` and not below the least noisy
@@ -140,6 +147,6 @@ def interval_invert(
     ``(k + 1) B`` network evaluations."""
     t = prior.levels(t, z0.shape[0])
     s = prior.levels.below(t, delta)
-    to_s = ddim_invert(prior, z0, s, null, max_strides=max_strides, stride=stride)
-    to_t = ddim_move(prior, to_s.x, s, t, null)
+    to_s = ddim_invert(prior, z0, s, null, max_strides=max_strides, stride=stride, cameras=cameras)
+    to_t = ddim_move(prior, to_s.x, s, t, null, cameras=cameras)
     return to_s, to_t

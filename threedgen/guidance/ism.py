@@ -60,7 +60,8 @@ class ISMGuidance(ScoreGuidance):
         c = self.cfg
         with torch.no_grad():
             null = prompts.null.expand(B)
-            to_s, to_t = interval_invert(self.prior, z.detach(), t, self.interval, null, c.inversion_strides, c.inversion_stride)
+            to_s, to_t = interval_invert(self.prior, z.detach(), t, self.interval, null, c.inversion_strides, c.inversion_stride,
+                                         cameras=inp.cameras)
             pred = self._predict(to_t.x, t, prompts, inp.cameras)
             g = self.weight(t, z.dim()) * (pred.eps - to_t.pred.eps)
         loss, stats = surrogate(z, g, self.grad_clip)

@@ -60,7 +60,8 @@ class SDIGuidance(ScoreGuidance):
         with torch.no_grad():
             cond, uncond = prompts.select(inp.cameras, self.cfg.view_dependent)
             s_inv = float(self.cfg.inversion_guidance_scale(step))
-            inv = invert_along(self.prior, z.detach(), self.prior.levels.grid_below(t, self.cfg.inversion_steps), cond, uncond, s_inv, eta=self.cfg.inversion_eta)
+            inv = invert_along(self.prior, z.detach(), self.prior.levels.grid_below(t, self.cfg.inversion_steps), cond, uncond, s_inv,
+                               eta=self.cfg.inversion_eta, cameras=inp.cameras)
             pred = self._predict(inv.x, t, prompts, inp.cameras)
             N = z.numel() if self.cfg.reduction == "mean" else 1
             g = (z.detach() - pred.x0) / N
