@@ -122,3 +122,37 @@ def test_inverting_objectives_give_the_camera_prior_every_renders_camera(camera_
         n = c.c2w.shape[0]
         assert torch.allclose(c.c2w, cams.c2w.repeat(n // 2, 1, 1))
     assert torch.isfinite(next(v for k, v in out.items() if k.startswith("loss_")))
+
+
+@pytest.mark.parametrize("name", ["vsd", "esd"])
+def test_the_vsd_lora_on_a_camera_prior_reads_the_renders_camera(camera_prior, name, monkeypatch):
+    """The LoRA model ε_φ is a copy of the prior's denoiser: on a camera-conditioned prior its base must
+    read the render's camera too (else ε_φ starts as the prior under "camera unknown" and VSD's update
+    starts as a camera-classifier term); ESD's dropped cameras stay unknown (zero rows)."""
+    from threedgen import registry
+    from threedgen.config import from_dict
+    from threedgen.guidance.base import GuidanceInput
+    from threedgen.guidance.ddpm_prior import DDPMPrior
+    from threedgen.prompts.processor import PromptProcessor
+
+    prior, _ = camera_prior
+    cls = registry.get("guidance", name)
+    g = cls(from_dict(cls.Config, {"prior": {"model": prior.model_id, "device": "cpu"}, "lora_camera_dropout": 0.5}), prior=prior)
+    prompts = PromptProcessor(PromptProcessor.Config(prompt="a red cube")).bundle(prior)
+    cams = _cams([0.0, 90.0])
+    seen = []
+    real = DDPMPrior._denoise
+
+    def spy(self, x_t, t, cond, cameras):
+        seen.append(None if cameras is None else cameras.c2w.detach().clone())
+        return real(self, x_t, t, cond, cameras)
+
+    monkeypatch.setattr(DDPMPrior, "_denoise", spy)
+    torch.manual_seed(0)
+    out = g(GuidanceInput(rgb=torch.nn.Parameter(torch.rand(2, 3, 16, 16)), cameras=cams), prompts, 0)
+    assert torch.isfinite(out["loss_lora"]) and len(seen) >= 3
+    assert all(c is not None for c in seen), "every network call, the LoRA model's included, gets cameras"
+    rows = torch.cat(seen).flatten(1)
+    known = rows.abs().sum(-1) > 0
+    ref = cams.c2w.flatten(1)
+    assert all(any(torch.allclose(r, q, atol=1e-6) for q in ref) for r in rows[known]), "a camera that is not a render's"

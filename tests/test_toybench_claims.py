@@ -30,7 +30,7 @@ def test_verdicts_follow_the_paired_difference(tmp_path):
         for s in (0, 1):
             # VSD: colour error clearly lower; seeds differ (strips 0 vs 255) where SDS's seeds agree
             rows.append(_row(d, "toy-vsd-nerf", p, s, 255 * s, colour_err=0.05 + 0.01 * k))
-            rows.append(_row(d, "toy-sds-nerf", p, s, 100, colour_err=0.10 + 0.01 * k + 0.002 * s, iou=0.7))
+            rows.append(_row(d, "toy-sds-nerf-camera", p, s, 100, colour_err=0.10 + 0.01 * k + 0.002 * s, iou=0.7))
             # CSM: IoU equal to SDS's up to noise of both signs -> not shown
             rows.append(_row(d, "toy-csm-nerf", p, s, 100, iou=0.7 + (0.01 if (k + s) % 2 else -0.01)))
     by = {(c.recipe, c.metric): c for c in CLAIMS}
@@ -39,7 +39,7 @@ def test_verdicts_follow_the_paired_difference(tmp_path):
     div = evaluate(rows, d, by[("toy-vsd-nerf", "seed_diversity")])
     assert div["verdict"] == "holds" and div["n"] == 3 and np.isclose(div["recipe"], 1.0) and div["baseline"] == 0.0
     assert evaluate(rows, d, by[("toy-csm-nerf", "iou")])["verdict"] == "not shown"
-    worse = Claim("x", "y", "toy-sds-nerf", "toy-vsd-nerf", "colour_err", "lower", "shapes")  # the claim reversed
+    worse = Claim("x", "y", "toy-sds-nerf-camera", "toy-vsd-nerf", "colour_err", "lower", "shapes")  # the claim reversed
     assert evaluate(rows, d, worse)["verdict"] == "opposite"
     assert evaluate(rows, d, by[("toy-esd-nerf", "janus")]) == {"n": 0, "verdict": "no data"}
     md = write_claims(tmp_path, rows).read_text()

@@ -32,6 +32,13 @@ DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 CAMERA_DIM = 16
 
 
+class _Poses:
+    """Camera-to-world matrices in the shape a prior reads cameras from (``.c2w [N,4,4]``)."""
+
+    def __init__(self, c2w: torch.Tensor):
+        self.c2w = c2w
+
+
 class _Unregistered:
     """Holds a module without making it a submodule (not in state_dict, parameters() or .to())."""
 
@@ -124,7 +131,11 @@ class CameraLoRA(nn.Module):
         ``no_grad`` for inference).
         """
         self._camera = camera
+        base = self._prior.module
+        # a camera-conditioned base (the toy MVDream prior) reads the same camera as its class label, so
+        # the LoRA model starts as the prior under the render's camera; a zero row stays "camera unknown"
+        poses = _Poses(camera.view(-1, 4, 4)) if getattr(base, "camera_conditioned", False) else None
         try:
-            return self._prior.module.predict(x_t, t, cond)
+            return base.predict(x_t, t, cond, poses)
         finally:
             self._camera = None
