@@ -190,9 +190,9 @@ def test_csm_fixed_noise_is_deterministic_random_is_not(pixel_prior, prompts):
 
 
 def test_csm_ddim_inversion_noising(pixel_prior, prompts):
-    """Default mode: x_t from unconditional DDIM inversion (clean -> s = t - 50 in strides of 200,
+    """Inversion from the clean render (`inversion_start: clean`): x_t by unconditional DDIM inversion (clean -> s = t - 50 in strides of 200,
     then s -> t), deterministic across calls; the classifier term at that x_t."""
-    g = _guidance("csm", pixel_prior, min_step_percent=0.45, max_step_percent=0.45)
+    g = _guidance("csm", pixel_prior, min_step_percent=0.45, max_step_percent=0.45, inversion_start="clean")
     image = _image()
     with _UnetCalls(pixel_prior.unet) as calls:
         out, grad = _run(g, image, prompts, seed=1)
@@ -213,7 +213,7 @@ def test_csm_ddim_inversion_noising(pixel_prior, prompts):
 
 def test_ism_interval_score(pixel_prior, prompts):
     """g = (b_t/a_t) (eps_cfg(x_t, t; y) - eps(x_s, s; "")), x_s / x_t by null-prompt DDIM inversion."""
-    g = _guidance("ism", pixel_prior, min_step_percent=0.3, max_step_percent=0.3, interval=0.1)
+    g = _guidance("ism", pixel_prior, min_step_percent=0.3, max_step_percent=0.3, interval=0.1, inversion_start="clean")
     image = _image()
     out, grad = _run(g, image, prompts)
     null = prompts.null
@@ -225,6 +225,32 @@ def test_ism_interval_score(pixel_prior, prompts):
     a, b = _ab(pixel_prior, t)
     _close(grad, (b / a) * (_cfg(pixel_prior, x_t, t, cond, neg, 7.5) - eps_s), rtol=1e-3)
     assert out["unet_evals"].item() == 3 * B + 2 * B
+
+
+def test_ism_noised_start_is_lucid_dreamers(pixel_prior, prompts, monkeypatch):
+    """The default start (LucidDreamer's ``add_noise_with_cfg``): the render noised with fresh noise at the
+    least noisy level, then the same strides from there (0 -> 199 -> 200 -> 300); fresh noise per call."""
+    import threedgen.guidance.ism as ism_mod
+
+    g = _guidance("ism", pixel_prior, min_step_percent=0.3, max_step_percent=0.3, interval=0.1)
+    assert g.cfg.inversion_start == "noised"
+    drawn = []
+    real = ism_mod.interval_invert
+    monkeypatch.setattr(ism_mod, "interval_invert", lambda *a, **k: (drawn.append(k["start_noise"]), real(*a, **k))[1])
+    image = _image()
+    _, grad = _run(g, image, prompts, seed=1)
+    _, other = _run(g, image, prompts, seed=2)
+    assert not torch.allclose(grad, other), "fresh start noise each call"
+    eps0 = drawn[0]
+    assert eps0.shape == image.shape and 0.8 < float(eps0.std()) < 1.2
+    null = prompts.null
+    z = image.detach() * 2 - 1
+    a0, b0 = _ab(pixel_prior, 0)
+    x_s, _ = _invert(pixel_prior, a0 * z + b0 * eps0, [0, 199, 200], lambda x, l: _eps(pixel_prior, x, l, null))
+    x_t, eps_s = _invert(pixel_prior, x_s, [200, 300], lambda x, l: _eps(pixel_prior, x, l, null))
+    cond, neg = prompts.select(_cams())
+    a, b = _ab(pixel_prior, torch.full((B,), 300))
+    _close(grad, (b / a) * (_cfg(pixel_prior, x_t, 300, cond, neg, 7.5) - eps_s), rtol=1e-3)
 
 
 # ---- SDI -----------------------------------------------------------------------------------

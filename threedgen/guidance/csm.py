@@ -6,7 +6,8 @@ specification in docs/objectives.md (CSM), which is itself inferred (TV-3DG v1 w
 built on LucidDreamer's ISM): CSD's classifier term evaluated at a deterministically noised x_t::
 
     t ~ U{min..max};  s = t - delta, not below the least noisy level (fractions of the noise range)
-    x_t = DDIM-invert(z, clean -> s, <= k strides, null prompt) then one DDIM step s -> t   (ddim_inversion)
+    x_t = DDIM-invert(z, clean -> s, <= k strides, null prompt) then one DDIM step s -> t   (ddim_inversion;
+          z first noised at the least noisy level as LucidDreamer's ISM does, unless inversion_start: clean)
         | a_t z + b_t eps*,  eps* fixed for the run (a checkpointed buffer)                 (fixed)
         | a_t z + b_t eps,   eps fresh each step                                            (random)
     g = w(t) s_cfg (eps(x_t; y) - eps(x_t; null))          # w default: ISM's b_t / a_t
@@ -51,6 +52,8 @@ class CSMGuidance(ScoreGuidance):
         inversion_strides: int = 5
         """At most this many DDIM-inversion strides from the clean latent to s."""
         inversion_stride: float = 0.2
+        inversion_start: Literal["noised", "clean"] = "noised"
+        """As ISM's: the render noised at the least noisy level first (LucidDreamer), or ``clean``."""
         seed: int = 0
         """Seed of the fixed noise (``noise_mode: fixed``)."""
 
@@ -69,8 +72,9 @@ class CSMGuidance(ScoreGuidance):
         mode = self.cfg.noise_mode
         if mode == "ddim_inversion":
             c = self.cfg
+            start = torch.randn_like(z) if c.inversion_start == "noised" else None
             to_s, to_t = interval_invert(self.prior, z, t, self.interval, null, c.inversion_strides, c.inversion_stride,
-                                         cameras=cameras)
+                                         cameras=cameras, start_noise=start)
             return to_t.x, to_s.n_evals + to_t.n_evals
         eps = self.noise_like(z) if mode == "fixed" else torch.randn_like(z)
         return self.prior.add_noise(z, eps, t), 0

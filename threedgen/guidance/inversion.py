@@ -101,14 +101,24 @@ def ddim_invert(
     eta: float = 0.0,
     generator: Optional[torch.Generator] = None,
     cameras=None,
+    start_noise: Optional[torch.Tensor] = None,
 ) -> Inversion:
     """Invert the clean model-space latent ``z0 [B,C,h,w]`` to level ``s`` (``[B]`` or one level) in
     at most ``max_strides`` strides of ``stride`` (a fraction of the noise range; ISM: 5 x 0.2,
     ``prior.levels.ladder``), unconditionally when ``cond`` is the null conditioning and no
-    ``uncond`` is given. Deterministic for ``eta = 0``."""
+    ``uncond`` is given. Deterministic for ``eta = 0``.
+
+    ``start_noise`` (LucidDreamer's start, ``add_noise_with_cfg``): ``z0`` is first noised with it at the
+    least noisy level and the strides start there. From a clean latent with no detail the network reads
+    as noise, it predicts eps ~ 0 and every stride only scales the image down (docs/objectives.md: on the
+    toy world's renders the inverted x_t has standard deviation 0.40 at t = 500 against 0.90 for a noised
+    render); from a slightly noised one it predicts that noise, of unit size, and carries it upwards."""
     s = prior.levels(s, z0.shape[0])
-    return invert_along(prior, z0, prior.levels.ladder(s, max_strides, stride), cond, uncond, guidance_scale, eta, generator,
-                        cameras=cameras)
+    levels = prior.levels.ladder(s, max_strides, stride)
+    if start_noise is not None:
+        levels = levels.clamp_min(0)
+        z0 = prior.add_noise(z0, start_noise, levels[0])
+    return invert_along(prior, z0, levels, cond, uncond, guidance_scale, eta, generator, cameras=cameras)
 
 
 def ddim_move(
@@ -139,14 +149,15 @@ def interval_invert(
     max_strides: int = 5,
     stride: float = 0.2,
     cameras=None,
+    start_noise: Optional[torch.Tensor] = None,
 ) -> tuple[Inversion, Inversion]:
     """ISM's deterministic noising (LucidDreamer ``train_step``): unconditional DDIM inversion of
     ``z0`` to ``s``, ``delta`` (a fraction of the range) below ``t`` and not below the least noisy
     level, in at most ``max_strides`` strides, then one DDIM step ``s -> t``. Returns
     ``(to_s, to_t)``; ``to_t.x`` is ``x_t`` and ``to_t.pred`` is ``eps(x_s, s; null)``. Costs
-    ``(k + 1) B`` network evaluations."""
+    ``(k + 1) B`` network evaluations. ``start_noise``: see ``ddim_invert``."""
     t = prior.levels(t, z0.shape[0])
     s = prior.levels.below(t, delta)
-    to_s = ddim_invert(prior, z0, s, null, max_strides=max_strides, stride=stride, cameras=cameras)
+    to_s = ddim_invert(prior, z0, s, null, max_strides=max_strides, stride=stride, cameras=cameras, start_noise=start_noise)
     to_t = ddim_move(prior, to_s.x, s, t, null, cameras=cameras)
     return to_s, to_t

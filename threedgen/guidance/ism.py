@@ -10,7 +10,8 @@ EnVision-Research/LucidDreamer ``guidance/sd_utils.py: train_step``)::
 SDS's random target ``eps`` is replaced by the model's own noise prediction one interval below t on
 the same deterministic (DDIM) trajectory. CFG is diffusers' ``eps_u + s (eps_c - eps_u)`` (LucidDreamer's
 7.5 ports as 7.5). LucidDreamer starts the inversion from the latent noised at the first grid index
-with random noise; here it starts from the clean latent (level -1), which keeps it deterministic.
+with random noise, and so does ``inversion_start: noised`` (the default; ``clean`` starts from the
+render itself, deterministic, which on renders without fine detail stays far below the noise level).
 Its ``lambda_guidance = 0.1`` is the recipe's guidance ``weight``. Noise levels are fractions of the
 range: the paper's ``delta_t 100 -> 50`` and ``xs_delta_t 200`` out of 1000 DDPM steps are 0.1 -> 0.05 and 0.2. UNet evaluations:
 ``(k + 1) B + 2B`` with ``k <= 5`` strides (``4B`` for the CFG term with Perp-Neg).
@@ -19,6 +20,7 @@ range: the paper's ``delta_t 100 -> 50`` and ``xs_delta_t 200`` out of 1000 DDPM
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -47,6 +49,9 @@ class ISMGuidance(ScoreGuidance):
         """xs_inv_steps: at most this many DDIM-inversion strides from the clean latent to s."""
         inversion_stride: float = 0.2
         """xs_delta_t (200 of 1000), a fraction of the noise range."""
+        inversion_start: Literal["noised", "clean"] = "noised"
+        """``noised``: LucidDreamer's start, the render noised with fresh noise at the least noisy level
+        (``inversion.ddim_invert``); ``clean``: from the render itself, deterministic."""
 
     def update_step(self, epoch: int, step: int) -> None:
         super().update_step(epoch, step)
@@ -60,8 +65,9 @@ class ISMGuidance(ScoreGuidance):
         c = self.cfg
         with torch.no_grad():
             null = prompts.null.expand(B)
+            start = torch.randn_like(z) if c.inversion_start == "noised" else None
             to_s, to_t = interval_invert(self.prior, z.detach(), t, self.interval, null, c.inversion_strides, c.inversion_stride,
-                                         cameras=inp.cameras)
+                                         cameras=inp.cameras, start_noise=start)
             pred = self._predict(to_t.x, t, prompts, inp.cameras)
             g = self.weight(t, z.dim()) * (pred.eps - to_t.pred.eps)
         loss, stats = surrogate(z, g, self.grad_clip)
