@@ -301,14 +301,14 @@ class GenerationSystem(pl.LightningModule):
 
     # ---- evaluation renders -----------------------------------------------------------------
     @torch.no_grad()
-    def render_views(self, cameras: CameraBatch, chunk: int = 4):
+    def render_views(self, cameras: CameraBatch, chunk: int = 4, particle: int = 0):
         """Render many cameras in small batches, in eval mode; returns a list of RenderOutput."""
         was_training = self.training
         self.eval()
         outs = []
         try:
             for i in range(0, len(cameras), chunk):
-                outs.append(self.render(cameras[i : i + chunk].to(self.device)))
+                outs.append(self.render(cameras[i : i + chunk].to(self.device), particle=particle))
         finally:
             self.train(was_training)
         return outs

@@ -1,16 +1,23 @@
-"""ToyBench scores of every stage of one finished run: where a multi-stage recipe gains or loses the object.
+"""ToyBench scores of every stage (and every particle) of one finished run: where a multi-stage recipe
+gains or loses the object, and how far apart a multi-particle run's scenes are.
 
     python -m threedgen.toy.stage_scores RUN_FOLDER --recipe configs/toy/nerf-to-gaussian.yaml --prompt "a red cube"
+    python -m threedgen.toy.stage_scores RUN_FOLDER --recipe configs/toy/vsd-nerf.yaml --prompt "a red cube" system.particles=2
 
 Each stage's final checkpoint (``ckpts/<stage>.ckpt``) is rendered over ToyBench's orbit and scored
 against the analytic object as ``bench.py`` scores a run (IoU, colour error), with the mean alpha of the
 renders (a small or soft object shows as a low one). docs/objectives.md ("Toy recipe fixes") used it
-to find which stage of magic3d and nerf-to-gaussian lost the shape.
+to find which stage of magic3d and nerf-to-gaussian lost the shape. A run with ``system.particles`` > 1
+(ProlificDreamer's particles) gets one row per particle and, per stage, ``particle_diversity``: the mean
+absolute RGB difference between every two particles' orbit renders (white background), 0 when the
+particles are the same object — the number ProlificDreamer's "VSD particles are diverse, SDS's collapse"
+claim is about.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import torch
@@ -19,19 +26,29 @@ from . import world as W
 from .bench import orbit, score
 
 
-def stage_scores(run: Path, recipe: Path, prompt: str) -> list[dict]:
+def stage_scores(run: Path, recipe: Path, prompt: str, overrides: tuple = ()) -> list[dict]:
     from ..config import load_config
     from ..systems.runner import load_system, plan_stages
 
-    cfg, raw = load_config(recipe, [f"system.prompt={prompt}"])
+    cfg, raw = load_config(recipe, [*overrides, f"system.prompt={prompt}"])
+    scene = W.parse_prompt(prompt)
     rows = []
     for stage in plan_stages(cfg, raw, run):
         if not stage.final.is_file():
             rows.append({"stage": stage.name, "missing": str(stage.final)})
             continue
-        outs = load_system(stage.cfg, stage.final).render_views(orbit())
-        rgb, alpha = torch.cat([o.rgb for o in outs]).cpu(), torch.cat([o.alpha for o in outs]).cpu()
-        rows.append({"stage": stage.name, **score(rgb, alpha, W.parse_prompt(prompt)), "mean_alpha": float(alpha.mean())})
+        system = load_system(stage.cfg, stage.final)
+        n = int(getattr(system.cfg, "particles", 1))
+        shown = []
+        for i in range(n):
+            outs = system.render_views(orbit(), particle=i)
+            rgb, alpha = torch.cat([o.rgb for o in outs]).cpu(), torch.cat([o.alpha for o in outs]).cpu()
+            row = {"stage": stage.name, **({"particle": i} if n > 1 else {})}
+            rows.append({**row, **score(rgb, alpha, scene), "mean_alpha": float(alpha.mean())})
+            shown.append(rgb * alpha + (1 - alpha))  # over white, as the bench's strips
+        if n > 1:
+            pairs = [float((a - b).abs().mean()) for a, b in itertools.combinations(shown, 2)]
+            rows.append({"stage": stage.name, "particle_diversity": sum(pairs) / len(pairs)})
     return rows
 
 
@@ -40,9 +57,10 @@ def main(argv=None) -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("--recipe", type=Path, required=True)
     ap.add_argument("--prompt", required=True)
+    ap.add_argument("overrides", nargs="*", help="key=value overrides the run was launched with (system.particles=2)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    for row in stage_scores(args.run, args.recipe, args.prompt):
+    for row in stage_scores(args.run, args.recipe, args.prompt, tuple(args.overrides)):
         print("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
 
