@@ -201,3 +201,20 @@ def test_frame_words_give_each_frame_its_own_caption(tmp_path, clip_cache):
     plain = caption_ids(tok, ["a red cube moving left"], frame_words=False)
     states = per_frame(te, plain, FRAMES)
     assert states.shape[0] == FRAMES and torch.equal(states[0], states[-1])  # one caption, repeated per frame
+
+
+def test_video_gap_scores_each_band_under_the_caption_and_its_opposite(tmp_path, clip_cache, capsys):
+    from threedgen.toy.train_video import main
+    from threedgen.toy.video_gap import band_gaps, main as gap_main
+
+    out = tmp_path / "toy-video"
+    main(["--steps", "1", "--clips-per-pair", "1", "--batch-size", "1", "--out", str(out), "--cache-dir", str(clip_cache),
+          "--separate-motions", "0"])
+    rows = band_gaps(out, clip_cache, clips=4, draws=1, bands=((0, 100), (900, 1000)))
+    assert [r["band"] for r in rows] == [(0, 100), (900, 1000)]
+    low, high = rows
+    assert 0 < low["caption"] < high["caption"], "the clean clip is harder to recover from more noise"
+    assert low["caption"] != low["opposite"], "the opposite direction is another caption, read by the prior"
+    with pytest.raises(SystemExit) as e:
+        gap_main([str(tmp_path / "nothing")])
+    assert e.value.code == 2 and "not an exported toy video prior" in capsys.readouterr().err

@@ -111,11 +111,11 @@ def swap_direction(text: str) -> str:
     return motion_caption(scene, OPPOSITE[motion])
 
 
-def direction_gap(unet, text_encoder, x0, ids, swapped_ids, acp, t_min: int = 700, seed: int = 0) -> dict:
-    """Clean-clip error of held clips at high noise with their caption and with the opposite direction:
-    the prior follows the caption's direction only where the first is clearly below the second."""
+def direction_gap(unet, text_encoder, x0, ids, swapped_ids, acp, t_min: int = 700, seed: int = 0, t_max: int | None = None) -> dict:
+    """Clean-clip error of held clips at high noise (t in [t_min, t_max)) with their caption and with the
+    opposite direction: the prior follows the caption's direction only where the first is clearly below the second."""
     g = torch.Generator().manual_seed(seed)
-    t = torch.randint(t_min, len(acp), (len(x0),), generator=g)
+    t = torch.randint(t_min, t_max or len(acp), (len(x0),), generator=g)
     noise = torch.randn(x0.shape, generator=g)
     a = acp[t].view(-1, 1, 1, 1, 1)
     xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
