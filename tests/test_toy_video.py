@@ -38,6 +38,12 @@ def test_inflated_unet_is_the_image_prior_per_frame_and_old_words_keep_their_emb
         per_frame = image(x.transpose(1, 2).reshape(8, 3, 32, 32), t.repeat_interleave(4), emb.repeat_interleave(4, 0)).sample
         clip = video(x, t, encoder_hidden_states=emb.repeat_interleave(4, 0)).sample
     torch.testing.assert_close(clip.transpose(1, 2).reshape(8, 3, 32, 32), per_frame, atol=1e-5, rtol=1e-5)
+    # a seed is one prior: the motion modules' inner layers too (they drew from the unseeded global RNG)
+    same, other = (motion_unet_from(image, 0.02, seed=s).state_dict() for s in (0, 1))
+    again = motion_unet_from(image, 0.02, seed=0).state_dict()
+    inner = [k for k in same if "motion_modules" in k and "attn1.to_q" in k]
+    assert inner and all(torch.equal(same[k], again[k]) for k in same)
+    assert not any(torch.equal(same[k], other[k]) for k in inner)
     tok, te, new_ids = extend_text_side(base)
     old_tok, old_te = CLIPTokenizer.from_pretrained(base / "tokenizer"), CLIPTextModel.from_pretrained(base / "text_encoder")
     with torch.no_grad():
@@ -218,3 +224,18 @@ def test_video_gap_scores_each_band_under_the_caption_and_its_opposite(tmp_path,
     with pytest.raises(SystemExit) as e:
         gap_main([str(tmp_path / "nothing")])
     assert e.value.code == 2 and "not an exported toy video prior" in capsys.readouterr().err
+
+
+def test_bf16_autocast_trains_as_float32_does(tmp_path, clip_cache):
+    import json
+
+    from threedgen.toy.train_video import main
+
+    losses = {}
+    for flag in ([], ["--bf16"]):
+        out = tmp_path / ("bf16" if flag else "fp32")
+        main(["--steps", "2", "--clips-per-pair", "1", "--batch-size", "1", "--out", str(out), "--cache-dir", str(clip_cache),
+              "--separate-motions", "0", "--motion-init-std", "0.02", *flag])
+        losses[bool(flag)] = json.loads((out / "training.json").read_text())["final_loss_avg200"]
+    assert losses[True] != losses[False]  # the passes really ran in bfloat16
+    assert abs(losses[True] - losses[False]) <= 0.02 * losses[False]

@@ -35,9 +35,11 @@ def motion_unet_from(base_unet, init_std: float = 0.0, seed: int = 0):
     from diffusers import MotionAdapter, UNetMotionModel
 
     c = base_unet.config
-    adapter = MotionAdapter(block_out_channels=tuple(c.block_out_channels), motion_layers_per_block=c.layers_per_block,
-                            motion_mid_block_layers_per_block=1, motion_num_attention_heads=2,
-                            motion_norm_num_groups=c.norm_num_groups, motion_max_seq_length=32, use_motion_mid_block=True)
+    with torch.random.fork_rng():  # the motion modules' inner layers draw from the global RNG: seed it, so a seed is one prior
+        torch.manual_seed(seed)
+        adapter = MotionAdapter(block_out_channels=tuple(c.block_out_channels), motion_layers_per_block=c.layers_per_block,
+                                motion_mid_block_layers_per_block=1, motion_num_attention_heads=2,
+                                motion_norm_num_groups=c.norm_num_groups, motion_max_seq_length=32, use_motion_mid_block=True)
     unet = UNetMotionModel.from_unet2d(base_unet, adapter)
     g = torch.Generator().manual_seed(seed)
     for name, mod in unet.named_modules():
@@ -207,6 +209,9 @@ def main(argv=None) -> None:
     ap.add_argument("--curriculum-steps", type=int, default=0, help="steps drawn from the curriculum's scenes before all scenes")
     ap.add_argument("--frame-words", action="store_true",
                     help="per-frame captions: each frame's caption ends in its index ('... frame three'; video_dataset.frame_captions)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="run the UNet's training passes under bfloat16 autocast (weights, optimiser and loss stay float32; "
+                         "1.4x faster per step on one CPU thread)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--cache-dir", default=".cache")
@@ -334,7 +339,8 @@ def main(argv=None) -> None:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.steps) * group.get("lr_scale", 1.0)
         enc = per_frame(te, ids[cap], FRAMES)
-        pred = unet(xt, t, encoder_hidden_states=enc).sample
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            pred = unet(xt, t, encoder_hidden_states=enc).sample.float()
         w = loss_weights(t, acp, torch.zeros(len(idx), 1, 1, 1), args.min_snr_gamma, 0.0).view(-1, 1, 1, 1, 1)
         w = w * high_noise_weights(t, acp, args.x0_weight_cap).view(-1, 1, 1, 1, 1)
         err = (w * (pred - noise).pow(2)).flatten(1).mean(1)  # per clip
@@ -343,7 +349,8 @@ def main(argv=None) -> None:
         if args.direction_contrast > 0 and bool((opp > 0).any()):  # captioned clips whose opposite is a known caption
             keep = opp > 0
             enc_opp = per_frame(te, ids[opp[keep]], FRAMES)
-            pred_opp = unet(xt[keep], t[keep], encoder_hidden_states=enc_opp).sample
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                pred_opp = unet(xt[keep], t[keep], encoder_hidden_states=enc_opp).sample.float()
             err_opp = (w[keep] * (pred_opp - noise[keep]).pow(2)).flatten(1).mean(1)
             loss = loss + args.direction_contrast * direction_contrast(err[keep], err_opp, args.direction_margin)
         opt.zero_grad(set_to_none=True)
