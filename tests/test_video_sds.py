@@ -81,3 +81,36 @@ def test_start_up_errors(video_path):
     rgb, cams = _batch(clips=1, frames=3)
     with pytest.raises(ValueError, match="multiple of 4"):
         g(GuidanceInput(rgb=rgb, cameras=cams), bundle, 0)
+
+
+@pytest.fixture(scope="module")
+def motion_path(tmp_path_factory):
+    return tiny_models.build_motion_video(tmp_path_factory.mktemp("tiny-motion"))
+
+
+def test_frame_prompts_give_each_frame_its_caption(motion_path, video_path):
+    templates = ["{prompt} frame zero", "{prompt} frame one", "{prompt} frame two", "{prompt} frame three"]
+    g = _guidance(motion_path, frame_prompts=templates, view_dependent=False)
+    bundle = PromptProcessor(PromptProcessor.Config(prompt="a red cube moving left", view_dependent=False)).bundle(g.prior)
+    seen = []
+    hook = g.prior.denoiser.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["encoder_hidden_states"]), with_kwargs=True)
+    rgb, cams = _batch()
+    g(GuidanceInput(rgb=rgb, cameras=cams), bundle, 0)["loss_video_sds"].backward()
+    hook.remove()
+    states = seen[-1]  # CFG: 2 x 2 clips x 4 frames
+    assert states.shape[0] == 16 and torch.isfinite(rgb.grad).all()
+    want = g.prior.encode_text([t.format(prompt="a red cube moving left") for t in templates]).emb
+    torch.testing.assert_close(states[:4], want)  # clip 0's frames read their own captions, in order
+    torch.testing.assert_close(states[4:8], want)
+    assert not torch.equal(states[0], states[1])
+    torch.testing.assert_close(states[8:], bundle.uncond.emb.expand(8, *states.shape[1:]))  # the negative per frame
+    # view-dependent: the view prompt of the clip's first camera goes into the templates
+    g = _guidance(motion_path, frame_prompts=templates, view_dependent=True)
+    bundle = PromptProcessor(PromptProcessor.Config(prompt="a red cube moving left")).bundle(g.prior)
+    cond = g.frame_conditioning(bundle, cams[::4])
+    view = bundle.view_texts[int(bundle.view_indices(cams[::4])[1])]
+    torch.testing.assert_close(cond.emb[1], g.prior.encode_text([t.format(prompt=view) for t in templates]).emb)
+    with pytest.raises(ValueError, match="4 templates"):
+        _guidance(motion_path, frame_prompts=templates[:3])
+    with pytest.raises(ValueError, match="reads one per clip"):
+        _guidance(video_path, frame_prompts=templates)

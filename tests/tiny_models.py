@@ -334,3 +334,18 @@ def build_video(path, seed: int = 0) -> Path:
     return _save(path, "TextToVideoSDPipeline", {"unet": unet3d(seed=seed), "vae": vae(seed=seed),
                                                   "text_encoder": clip_text_encoder(tok, seed=seed), "tokenizer": tok,
                                                   "scheduler": sd_scheduler()})
+
+
+def build_motion_video(path, seed: int = 0) -> Path:
+    """Latent text-to-video model in AnimateDiff's layout (``UNetMotionModel``: an image UNet with motion
+    modules), which reads one text embedding per frame."""
+    from diffusers import MotionAdapter, UNetMotionModel
+
+    tok = clip_tokenizer()
+    torch.manual_seed(seed)
+    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=2,
+                            motion_norm_num_groups=32, motion_max_seq_length=16)
+    motion = UNetMotionModel.from_unet2d(unet(seed=seed), adapter).eval()
+    return _save(path, "AnimateDiffPipeline", {"unet": motion, "vae": vae(seed=seed),
+                                                "text_encoder": clip_text_encoder(tok, seed=seed), "tokenizer": tok,
+                                                "scheduler": sd_scheduler()})

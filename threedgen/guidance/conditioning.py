@@ -17,7 +17,8 @@ import torch
 class Conditioning:
     """What the denoiser is conditioned on, batched along dim 0.
 
-    ``emb`` ``[N,L,D]`` token embeddings; ``pooled`` ``[N,P]`` (SD3-class models); ``mask``
+    ``emb`` ``[N,L,D]`` token embeddings (``[N,F,L,D]``: one per frame of a clip, for a video prior that
+    reads a caption per frame); ``pooled`` ``[N,P]`` (SD3-class models); ``mask``
     ``[N,1,h,w]`` (1 = repaint, at the model input's size), ``masked`` ``[N,C,h,w]`` (the model-space
     image with the masked region blanked) for inpainting priors, and ``control`` ``[N,C,H,W]`` (a
     ControlNet's image, in [0,1] at the prior's image resolution). Every present field is selected,

@@ -57,7 +57,7 @@ class DDPMPrior(Prior):
         self._compile_denoiser()
         self.video = type(self.unet).__name__ in VIDEO_UNETS
         """A text-to-video UNet: model inputs are ``[B,C,F,h,w]`` clips (``video_sds``)."""
-        self._emb_per_frame = type(self.unet).__name__ == "UNetMotionModel"  # AnimateDiff reads one embedding per frame
+        self.per_frame_text = type(self.unet).__name__ == "UNetMotionModel"  # AnimateDiff; UNet3D repeats one per clip
         if f.has("vae"):
             self.vae = freeze(f.load(f.component_class("vae", diffusers, "AutoencoderKL"), "vae")).to(self._home)
         sched_cls = {"ddim": diffusers.DDIMScheduler, "ddpm": diffusers.DDPMScheduler}[cfg.scheduler]
@@ -133,7 +133,12 @@ class DDPMPrior(Prior):
         if self.camera_conditioned:  # a multi-view prior: each image's camera (zeros: unknown)
             kw["class_labels"] = camera_vectors(None if cameras is None else cameras.c2w, x.shape[0])
         emb = cond.emb
-        if self._emb_per_frame:
+        if emb.dim() == 4:  # a caption per frame [N,F,L,D] (video_sds frame_prompts)
+            if not self.per_frame_text or emb.shape[1] != x.shape[2]:
+                raise ValueError(f"{self.model_id}: {emb.shape[1]} frame captions for clips of {x.shape[2]} frames through a "
+                                 f"{type(self.unet).__name__}; per-frame captions need a UNetMotionModel and one per frame")
+            emb = emb.flatten(0, 1)
+        elif self.per_frame_text:
             emb = emb.repeat_interleave(x.shape[2], 0)
         with self._running(self.denoiser) as unet:
             if "class_labels" in kw:

@@ -114,6 +114,8 @@ class Prior:
     vae = None
     video = False
     """True for a text-to-video denoiser: model inputs ``[B,C,F,h,w]``."""
+    per_frame_text = False
+    """True when the video denoiser reads one text embedding per frame (``Conditioning.emb`` may be ``[N,F,L,D]``)."""
     denoiser: torch.nn.Module
     _text_subfolders: tuple[str, ...] = ("text_encoder", "tokenizer")
 

@@ -18,7 +18,7 @@ AnimateDiff motion UNet); an image prior is refused at start-up.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -35,6 +35,11 @@ class VideoSDSGuidance(ScoreGuidance):
         """Frames per clip whose VAE encoding keeps its gradient (4D-fy's ``low_ram_vae``); 0: all."""
         motion_amplification: float = 1.0
         """``m`` in ``mean_F(g) + m (g - mean_F(g))``: above 1 strengthens the motion part of the gradient."""
+        frame_prompts: list[str] = field(default_factory=list)
+        """One template per frame, each with ``{prompt}`` (AnimateDiff's per-frame prompts): frame k of every clip
+        reads ``frame_prompts[k]`` with the run's prompt (its view prompt when ``view_dependent``) filled in, e.g. a
+        toy video prior trained with ``--frame-words`` reads ``"{prompt} frame zero"`` … ``"{prompt} frame seven"``.
+        Needs a prior that reads a caption per frame (``UNetMotionModel``); empty: one caption per clip."""
 
     def __init__(self, cfg: "VideoSDSGuidance.Config", prior=None):
         if cfg.frames < 1 or cfg.grad_frames < 0 or cfg.grad_frames > cfg.frames:
@@ -45,6 +50,15 @@ class VideoSDSGuidance(ScoreGuidance):
         if not getattr(self.prior, "video", False):
             raise ValueError(f"video_sds needs a text-to-video prior (a UNet3DConditionModel or UNetMotionModel under unet/); "
                              f"{cfg.prior.model} has a {type(self.prior.denoiser).__name__}")
+        if cfg.frame_prompts:
+            if len(cfg.frame_prompts) != cfg.frames or not all("{prompt}" in p for p in cfg.frame_prompts):
+                raise ValueError(f"video_sds: frame_prompts must be {cfg.frames} templates (one per frame) each containing "
+                                 f"'{{prompt}}', got {list(cfg.frame_prompts)}")
+            if not self.prior.per_frame_text:
+                raise ValueError(f"video_sds: frame_prompts need a prior that reads a caption per frame (an AnimateDiff-class "
+                                 f"UNetMotionModel); {cfg.prior.model} has a {type(self.prior.denoiser).__name__}, "
+                                 "which reads one per clip")
+        self._frame_table = None  # (view texts, Conditioning [V,F,L,D])
 
     def clips(self, rgb: torch.Tensor) -> torch.Tensor:
         """Renders ``[N*F,3,H,W]`` -> model-space clips ``[N,C,F,h,w]``, gradient through ``grad_frames`` per clip."""
@@ -81,6 +95,9 @@ class VideoSDSGuidance(ScoreGuidance):
         eps = torch.randn_like(z)
         x_t = self.prior.add_noise(z.detach(), eps, t)
         cond, uncond = prompts.select(first_views, self.cfg.view_dependent)
+        if self.cfg.frame_prompts:
+            cond = self.frame_conditioning(prompts, first_views)
+            uncond = uncond.map(lambda e: e[:, None].expand(e.shape[0], self.cfg.frames, *e.shape[1:]))
         pred = self.prior.predict_guided(x_t, t, cond, uncond, self.guidance_scale)
         g = self.weight(t, z.dim()) * (pred.eps - eps)
         m = self.cfg.motion_amplification
@@ -88,3 +105,14 @@ class VideoSDSGuidance(ScoreGuidance):
             mean = g.mean(2, keepdim=True)
             g = mean + m * (g - mean)
         return g
+
+    def frame_conditioning(self, prompts, first_views):
+        """``[N,F,L,D]``: each clip's frame captions, its (view) prompt put into ``frame_prompts``; embedded once per prompt."""
+        vd = self.cfg.view_dependent
+        texts = tuple(prompts.view_texts) if vd else (prompts.text,)
+        if self._frame_table is None or self._frame_table[0] != texts:
+            captions = [p.format(prompt=t) for t in texts for p in self.cfg.frame_prompts]
+            emb = self.prior.encode_text(captions)
+            self._frame_table = (texts, emb.map(lambda e: e.reshape(len(texts), self.cfg.frames, *e.shape[1:])))
+        idx = prompts.view_indices(first_views) if vd else torch.zeros(len(first_views.azimuth_deg), dtype=torch.long)
+        return self._frame_table[1][idx.to(self._frame_table[1].device)]
