@@ -76,6 +76,7 @@ _BUILTIN = {
         "dmtet": "threedgen.representations.dmtet:DMTet",
         "gaussians": "threedgen.representations.gaussians:Gaussians",
         "dynamic_gaussians": "threedgen.representations.dynamic_gaussians:DynamicGaussians",
+        "dynamic_nerf": "threedgen.representations.dynamic_nerf:DynamicNeRF",
     },
     "renderer": {
         "volume": "threedgen.renderers.volume:VolumeRenderer",

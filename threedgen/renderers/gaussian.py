@@ -23,7 +23,7 @@ import torch
 
 from ..data.cameras import CameraBatch
 from . import gaussian_torch
-from .base import Renderer, RenderOutput
+from .base import Renderer, RenderOutput, render_by_time
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class GaussianRenderer(Renderer):
         if shading not in (None, "albedo"):
             raise ValueError(f"the gaussian renderer renders albedo only; got shading {shading!r} (use 'albedo' or omit it)")
         if hasattr(representation, "at_time"):  # moving Gaussians: one rasterisation per distinct time
-            return _by_time(self, representation, cameras, background)
+            return render_by_time(lambda rep, cams: self(rep, cams, background), representation, cameras)
         cfg = self.cfg
         g = representation.activated()
         dev = g["means"].device
@@ -145,23 +145,3 @@ class GaussianRenderer(Renderer):
             log.info("gaussian renderer: %s backend", name)
             self._logged = name
         return use
-
-
-def _by_time(renderer: GaussianRenderer, rep, cameras: CameraBatch, background) -> RenderOutput:
-    """Render a batch whose cameras carry times (``None``: time 0, the canonical scene at rest)
-    through ``rep.at_time``; outputs in the cameras' order, ``meta["by_time"]`` the per-time metas."""
-    times = cameras.time if cameras.time is not None else torch.zeros(len(cameras))
-    uniq, inv = torch.unique(times.detach().cpu(), return_inverse=True)
-    parts, order = [], []
-    for k, t in enumerate(uniq.tolist()):
-        idx = torch.nonzero(inv == k).squeeze(1)
-        parts.append(renderer(rep.at_time(t), cameras[idx], background))
-        order.append(idx)
-    back = torch.argsort(torch.cat(order)).to(parts[0].rgb.device)
-
-    def cat(name):
-        ts = [getattr(o, name) for o in parts]
-        return None if ts[0] is None else torch.cat(ts)[back]
-
-    return RenderOutput(rgb=cat("rgb"), alpha=cat("alpha"), depth=cat("depth"), normal=cat("normal"),
-                        meta={"by_time": [o.meta for o in parts], "times": uniq})

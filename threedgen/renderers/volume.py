@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.cameras import CameraBatch
-from .base import Renderer, RenderOutput, shading_modes
+from .base import Renderer, RenderOutput, render_by_time, shading_modes
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,15 @@ class VolumeRenderer(Renderer):
     # ---- public -------------------------------------------------------------------------------
 
     def forward(self, representation, cameras: CameraBatch, background, shading: Optional[str] = None) -> RenderOutput:
+        if hasattr(representation, "at_time"):  # a moving NeRF: one grid refresh for all times, one pass per time
+            if self.cfg.occupancy_grid:
+                self._maybe_update_grid(representation, float(representation.radius))
+            return render_by_time(lambda rep, cams: self._render(rep, cams, background, shading, update_grid=False),
+                                  representation, cameras, per_view_meta=("shading_modes", "z_variance", "orientation"))
+        return self._render(representation, cameras, background, shading)
+
+    def _render(self, representation, cameras: CameraBatch, background, shading: Optional[str] = None,
+                update_grid: bool = True) -> RenderOutput:
         cfg = self.cfg
         B, H, W = len(cameras), cameras.height, cameras.width
         radius = float(representation.radius)
@@ -150,7 +159,7 @@ class VolumeRenderer(Renderer):
         rays = dict(o=origins.reshape(-1, 3), d=dirs.reshape(-1, 3), light=light[ray_img], mode=modes[ray_img])
 
         use_cuda = self._use_cuda(cameras.device)
-        if cfg.occupancy_grid:
+        if cfg.occupancy_grid and update_grid:
             self._maybe_update_grid(representation, radius)
         R = B * n_px
         chunk = cfg.chunk_rays if (cfg.chunk_rays > 0 and not torch.is_grad_enabled()) else R
@@ -219,7 +228,8 @@ class VolumeRenderer(Renderer):
             due = False
         if first or due:
             step = self._step_size(radius, self.cfg.num_samples_per_ray)  # the grid is a training structure
-            occ.update(rep.density, radius, step, self.cfg.occ_threshold, self.cfg.occ_ema_decay)
+            density = getattr(rep, "occupancy_density", rep.density)  # a moving scene: where it is at any time
+            occ.update(density, radius, step, self.cfg.occ_threshold, self.cfg.occ_ema_decay)
 
     def _use_cuda(self, device) -> bool:
         want = self.cfg.backend

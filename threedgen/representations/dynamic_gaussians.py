@@ -65,6 +65,20 @@ class DynamicGaussians(Gaussians):
         """Displacements ``[T,N,3]`` of every canonical centre at times ``t`` [T] (regularisers, exports)."""
         return torch.stack([self.deformation(self.params["means"], float(x))["dx"] for x in t])
 
+    def rest_and_moved(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(canonical points, moved points)`` for canonical points ``x`` at time ``t`` (the motion regularisers)."""
+        return x, x + self.deformation(x, t)["dx"]
+
+    def motion_samples(self, n: int, t=0.0, min_opacity: float = 0.0) -> torch.Tensor:
+        """At most ``n`` canonical centres (a random subset), those of opacity ``>= min_opacity`` while more than
+        a handful are; differentiable, so the regularisers also reach the canonical means where they train."""
+        means = self.params["means"]
+        opaque = torch.sigmoid(self.params["opacities"].detach()).reshape(-1) >= min_opacity
+        idx = torch.nonzero(opaque).squeeze(1) if int(opaque.sum()) > 8 else torch.arange(len(means), device=means.device)
+        if len(idx) > n:
+            idx = idx[torch.randperm(len(idx), device=idx.device)[:n]]
+        return means[idx]
+
     def convert_from(self, src, render=None) -> None:
         """The canonical scene from a static stage's Gaussians (the field stays at zero motion), or a copy
         of another dynamic scene."""

@@ -49,10 +49,16 @@ def plan_stages(cfg: RunConfig, raw: dict, run_dir: Path) -> list[Stage]:
         check_prompt_vocabulary(st.cfg.system.cfg)
     for prev, st in zip(stages, stages[1:]):  # a stage that takes its scene from a fixed kind says so before stage 1 trains
         rep, src = st.cfg.system.cfg.representation, prev.cfg.system.cfg.representation
-        accepts = getattr(registry.get("representation", rep.name), "converts_from", None)
+        cls = registry.get("representation", rep.name)
+        accepts = getattr(cls, "converts_from", None)
         if accepts is not None and src.name not in accepts:
             raise ConfigError(f"stages.{stages.index(st)} ({st.name}): a {rep.name} scene starts from "
                               f"{' or '.join(accepts)}, but stage {prev.name!r} makes {src.name}; change that stage's representation")
+        if hasattr(cls, "check_canonical"):
+            try:
+                cls.check_canonical(rep.cfg, src.cfg)
+            except ValueError as e:
+                raise ConfigError(f"stages.{stages.index(st)} ({st.name}): {e}") from None
     return stages
 
 

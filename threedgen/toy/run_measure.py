@@ -65,10 +65,28 @@ def opaque_bounds(gaussians, min_opacity: float = 0.3) -> tuple[torch.Tensor, to
 def centred_orbit(renderer, gaussians, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Orbit renders (rgb ``[8,3,H,W]``, alpha ``[8,1,H,W]``) of ``gaussians`` (modified in place) moved so
     the middle of their opaque splats is the origin and scaled by ``scale``: the IoU then scores the
-    shape, not where the run put it."""
+    shape, not where the run put it. A density field (a NeRF, or a moving one at one time) is not moved:
+    the orbit's cameras move to the middle of its isosurface's box instead (``scale`` 1 only)."""
+    if not hasattr(gaussians, "activated"):
+        return _centred_field_orbit(renderer, gaussians, scale)
     centre, _ = opaque_bounds(gaussians)
     gaussians.params["means"].sub_(centre).mul_(scale)
     gaussians.params["scales"].add_(math.log(scale))
     gaussians.cfg = dataclasses.replace(gaussians.cfg, min_scale=gaussians.cfg.min_scale * scale)  # its own copy
     outs = [renderer(gaussians, c, White()) for c in (orbit()[i : i + 4] for i in (0, 4))]
+    return torch.cat([o.rgb for o in outs]).detach(), torch.cat([o.alpha for o in outs]).detach()
+
+
+def _centred_field_orbit(renderer, field, scale: float, resolution: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    from .video_dataset import moved_cameras
+
+    if scale != 1.0:
+        raise ValueError(f"a density field is scored at its own size (scale 1), got scale {scale}")
+    dens = field.density_grid(resolution)
+    idx = torch.nonzero(dens > field.auto_threshold(dens)).float()
+    lin = 2 * field.radius / (resolution - 1)
+    centre = (idx.amin(0) + idx.amax(0)) / 2 * lin - field.radius
+    cams = orbit()
+    cams = moved_cameras(cams, -centre.expand(len(cams), 3))
+    outs = [renderer(field, cams[i : i + 4], White()) for i in (0, 4)]
     return torch.cat([o.rgb for o in outs]).detach(), torch.cat([o.alpha for o in outs]).detach()
