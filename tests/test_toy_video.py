@@ -209,6 +209,45 @@ def test_frame_words_give_each_frame_its_own_caption(tmp_path, clip_cache):
     assert states.shape[0] == FRAMES and torch.equal(states[0], states[-1])  # one caption, repeated per frame
 
 
+def test_frame_steps_train_on_single_frames_with_their_own_captions_first(tmp_path, clip_cache, monkeypatch):
+    from diffusers import UNetMotionModel
+
+    from threedgen.toy.train_video import main
+    from threedgen.toy.video_dataset import FRAMES
+
+    seen, real = [], UNetMotionModel.forward
+
+    def spy(self, sample, timestep, encoder_hidden_states, **kw):  # records what the real forward is given
+        seen.append((tuple(sample.shape), tuple(encoder_hidden_states.shape[:1])))
+        return real(self, sample, timestep, encoder_hidden_states, **kw)
+
+    monkeypatch.setattr(UNetMotionModel, "forward", spy)
+    before = {}
+    real_save = UNetMotionModel.save_pretrained
+
+    def first_save(self, *a, **kw):  # the motion modules as exported after the two single-frame steps
+        before.setdefault("w", {n: p.detach().clone() for n, p in self.named_parameters() if "motion_modules" in n})
+        return real_save(self, *a, **kw)
+
+    monkeypatch.setattr(UNetMotionModel, "save_pretrained", first_save)
+    main(["--steps", "2", "--frame-steps", "2", "--clips-per-pair", "1", "--batch-size", "2", "--out", str(tmp_path / "f"),
+          "--cache-dir", str(clip_cache), "--separate-motions", "0", "--frame-words", "--train-all", "--motion-init-std", "0.02"])
+    from threedgen.toy.train_video import motion_unet_from
+    from diffusers import UNet2DConditionModel
+
+    start = motion_unet_from(UNet2DConditionModel.from_pretrained(ROOT / "assets" / "toy-prior" / "unet"), 0.02, 0)
+    assert all(torch.allclose(p, before["w"][n], rtol=1e-5, atol=1e-7) for n, p in start.named_parameters() if "motion_modules" in n)  # untouched
+    seen.clear()
+    main(["--steps", "3", "--frame-steps", "2", "--clips-per-pair", "1", "--batch-size", "2", "--out", str(tmp_path / "v"),
+          "--cache-dir", str(clip_cache), "--separate-motions", "0", "--frame-words"])
+    train = seen[:3]  # then the held-out gap's passes
+    assert train[0][0] == (2 * FRAMES, 3, 1, 32, 32) and train[0][1] == (2 * FRAMES,)  # 16 frames, a caption each
+    assert train[1][0] == (2 * FRAMES, 3, 1, 32, 32)
+    assert train[2][0] == (2, 3, FRAMES, 32, 32) and train[2][1] == (2 * FRAMES,)  # then clips
+    with pytest.raises(SystemExit):
+        main(["--frame-steps", "5", "--out", str(tmp_path / "x")])  # without --frame-words
+
+
 def test_video_gap_scores_each_band_under_the_caption_and_its_opposite(tmp_path, clip_cache, capsys):
     from threedgen.toy.train_video import main
     from threedgen.toy.video_gap import band_gaps, main as gap_main

@@ -209,6 +209,9 @@ def main(argv=None) -> None:
     ap.add_argument("--curriculum-steps", type=int, default=0, help="steps drawn from the curriculum's scenes before all scenes")
     ap.add_argument("--frame-words", action="store_true",
                     help="per-frame captions: each frame's caption ends in its index ('... frame three'; video_dataset.frame_captions)")
+    ap.add_argument("--frame-steps", type=int, default=0,
+                    help="first train this many steps on single frames (batch-size x frames of them, each with its own "
+                         "caption; needs --frame-words), then on clips")
     ap.add_argument("--bf16", action="store_true",
                     help="run the UNet's training passes under bfloat16 autocast (weights, optimiser and loss stay float32; "
                          "1.4x faster per step on one CPU thread)")
@@ -225,6 +228,9 @@ def main(argv=None) -> None:
     if not (0.0 <= args.direction_contrast <= 1e3 and 0.0 <= args.direction_margin <= 10.0):
         ap.error(f"--direction-contrast is a weight in [0, 1000] and --direction-margin a ratio in [0, 10], got "
                  f"{args.direction_contrast} and {args.direction_margin}")
+    if args.frame_steps < 0 or (args.frame_steps > 0 and not args.frame_words):
+        ap.error(f"--frame-steps trains on single frames, each read with its own caption: it needs --frame-words "
+                 f"and a count >= 0, got {args.frame_steps}{'' if args.frame_words else ' without --frame-words'}")
     if args.curriculum_scenes < 0 or args.curriculum_steps < 0 or (args.curriculum_steps > 0) != (args.curriculum_scenes > 0):
         ap.error(f"--curriculum-scenes and --curriculum-steps go together, both > 0 (or both 0: off), got "
                  f"{args.curriculum_scenes} and {args.curriculum_steps}")
@@ -260,6 +266,7 @@ def main(argv=None) -> None:
     unet.requires_grad_(False)
     te.requires_grad_(False)
     params = trainable(unet, te, args.train_all, args.train_text_encoder)
+    motion_params = [p for n, p in unet.named_parameters() if "motion_modules" in n]
     for p in params:
         p.requires_grad_(True)
     old_rows = torch.ones(len(tok), 1)
@@ -332,13 +339,19 @@ def main(argv=None) -> None:
             idx = torch.randint(0, len(clips), (args.batch_size,), generator=g)
         x0 = clips[idx]
         cap = torch.where(torch.rand(len(idx), generator=g) < 0.1, torch.zeros_like(idx), cap_index[idx])
+        cap_ids, frames = ids[cap], FRAMES
+        if step < args.frame_steps:  # single frames: idx * FRAMES of them, each with its frame's caption
+            idx = idx.repeat_interleave(FRAMES)
+            fi = torch.randint(0, FRAMES, (len(idx),), generator=g)
+            cap = cap.repeat_interleave(FRAMES)
+            x0, cap_ids, frames = clips[idx, :, fi][:, :, None], ids[cap, fi][:, None], 1
         noise = torch.randn(x0.shape, generator=g)
         t = draw_timesteps(len(idx), sched.config.num_train_timesteps, args.high_noise_share, g)
         a = acp[t].view(-1, 1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.steps) * group.get("lr_scale", 1.0)
-        enc = per_frame(te, ids[cap], FRAMES)
+        enc = per_frame(te, cap_ids, frames)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             pred = unet(xt, t, encoder_hidden_states=enc).sample.float()
         w = loss_weights(t, acp, torch.zeros(len(idx), 1, 1, 1), args.min_snr_gamma, 0.0).view(-1, 1, 1, 1, 1)
@@ -346,7 +359,7 @@ def main(argv=None) -> None:
         err = (w * (pred - noise).pow(2)).flatten(1).mean(1)  # per clip
         loss = err.mean()
         opp = opposite_index[cap]
-        if args.direction_contrast > 0 and bool((opp > 0).any()):  # captioned clips whose opposite is a known caption
+        if args.direction_contrast > 0 and frames == FRAMES and bool((opp > 0).any()):  # captioned clips whose opposite is a known caption
             keep = opp > 0
             enc_opp = per_frame(te, ids[opp[keep]], FRAMES)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
@@ -355,7 +368,10 @@ def main(argv=None) -> None:
             loss = loss + args.direction_contrast * direction_contrast(err[keep], err_opp, args.direction_margin)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if frames == 1:  # a motion module over one frame is a plain linear map: leave it as the clips will need it
+            for p in motion_params:
+                p.grad = None
+        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], 1.0)
         opt.step()
         _ema_update(ema, [p.detach() for p in params], min(args.ema, (1 + step) / (10 + step)))
         step += 1
