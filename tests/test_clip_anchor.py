@@ -130,6 +130,28 @@ def test_prior_source_samples_a_clip_from_a_video_model(tiny_video_path):
     assert torch.equal(rgb, rgb2)  # seeded: a resumed stage samples the same clip
 
 
+def test_prior_source_reads_a_caption_per_frame_with_frame_prompts(tmp_path):
+    """A prior trained on per-frame captions (a ``--frame-words`` toy video prior) samples the clip with them."""
+    import tiny_models
+    from threedgen.prompts.processor import PromptProcessor
+
+    path = tiny_models.build_motion_video(tmp_path / "motion")
+    templates = ["{prompt} frame zero", "{prompt} frame one", "{prompt} frame two", "{prompt} frame three"]
+    g = anchor(source="prior", prior=PriorConfig(model=str(path)), frames=4, sample_steps=2, frame_prompts=templates)
+    bundle = PromptProcessor(PromptProcessor.Config(prompt="a red cube moving left", view_dependent=False, use_cache=False)).bundle(g.prior)
+    seen = []
+    hook = g.prior.denoiser.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["encoder_hidden_states"]), with_kwargs=True)
+    rgb, _ = g.make_clip(bundle, g.own_cameras(CameraConfig()))
+    hook.remove()
+    assert rgb.shape[0] == 4 and len(seen) >= 2
+    want = g.prior.encode_text([t.format(prompt="a red cube moving left") for t in templates]).emb
+    states = seen[0]  # CFG: the clip's 4 frame captions, then the negative per frame
+    torch.testing.assert_close(states[:4], want)
+    torch.testing.assert_close(states[4:], bundle.uncond.emb.expand(4, *states.shape[1:]))
+    with pytest.raises(ValueError, match="4 templates"):
+        anchor(source="prior", prior=PriorConfig(model=str(path)), frames=4, frame_prompts=templates[:2])
+
+
 def test_start_up_errors(tiny_sd_path, tmp_path):
     with pytest.raises(ValueError, match="set prior.model"):
         anchor(source="prior")

@@ -207,6 +207,26 @@ def test_frame_words_give_each_frame_its_own_caption(tmp_path, clip_cache):
     plain = caption_ids(tok, ["a red cube moving left"], frame_words=False)
     states = per_frame(te, plain, FRAMES)
     assert states.shape[0] == FRAMES and torch.equal(states[0], states[-1])  # one caption, repeated per frame
+    # the gate samples such a prior with its per-frame captions (read from its training.json)
+    from diffusers import UNetMotionModel
+
+    from threedgen.toy.evaluate_video import evaluate, frame_templates
+
+    assert frame_templates(out)[0] == "{prompt} frame zero" and len(frame_templates(out)) == FRAMES
+    seen, real = [], UNetMotionModel.forward
+
+    def spy(self, sample, timestep, encoder_hidden_states, **kw):
+        seen.append(encoder_hidden_states)
+        return real(self, sample, timestep, encoder_hidden_states, **kw)
+
+    UNetMotionModel.forward = spy
+    try:
+        rep = evaluate(str(out), per_caption=1, steps=2, scenes=[W.ToyScene("cube", "red")])
+    finally:
+        UNetMotionModel.forward = real
+    assert len(rep["rows"]) == len(MOTIONS) and seen[0].shape[0] == 2 * FRAMES  # CFG x 1 clip x 8 frames
+    assert not torch.equal(seen[0][0], seen[0][1])  # frame zero and frame one read different captions
+    assert torch.equal(seen[0][FRAMES], seen[0][-1])  # the unconditional branch: one caption for every frame
 
 
 def test_frame_steps_train_on_single_frames_with_their_own_captions_first(tmp_path, clip_cache, monkeypatch):

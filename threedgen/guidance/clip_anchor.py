@@ -25,13 +25,14 @@ Where the clip comes from (``source``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
 from ..data.cameras import CameraBatch, CameraConfig, clip_times, make_cameras
 from .base import Guidance, GuidanceInput
+from .frame_prompts import check_frame_prompts, frame_conditioning, per_frame
 from .model_folder import PriorConfig
 from .photometric import match_images
 
@@ -63,6 +64,9 @@ class ClipAnchorGuidance(Guidance):
         sample_steps: int = 30
         guidance_scale: float = 7.5
         sample_seed: int = 0
+        frame_prompts: list[str] = field(default_factory=list)
+        """``source: prior``: one caption template per frame with ``{prompt}`` for a prior that reads a caption per
+        frame (``guidance/frame_prompts.py``; a ``--frame-words`` toy video prior: ``"{prompt} frame zero"`` …); empty: one per clip."""
 
     def __init__(self, cfg: "ClipAnchorGuidance.Config"):
         super().__init__()
@@ -83,6 +87,8 @@ class ClipAnchorGuidance(Guidance):
             if not getattr(self.prior, "video", False):
                 raise ValueError(f"clip_anchor: source 'prior' needs a text-to-video prior (a UNet3DConditionModel or "
                                  f"UNetMotionModel under unet/); {cfg.prior.model} has a {type(self.prior.denoiser).__name__}")
+            if cfg.frame_prompts:
+                check_frame_prompts(cfg.frame_prompts, cfg.frames, self.prior, "clip_anchor")
         elif cfg.source != "toy":
             from pathlib import Path
 
@@ -134,6 +140,8 @@ class ClipAnchorGuidance(Guidance):
             from ..data.clip_files import prepare_clip
 
             cond, uncond = prompts.select(cameras[:1], False)
+            if c.frame_prompts:
+                cond, uncond = frame_conditioning(self.prior, [prompts.text], c.frame_prompts), per_frame(uncond, c.frames)
             g = torch.Generator().manual_seed(int(c.sample_seed))
             clip = self.prior.sample(cond, uncond, c.guidance_scale, n_steps=c.sample_steps, generator=g, frames=c.frames)
             rgb, mask = prepare_clip(clip[0].transpose(0, 1).cpu(), c.frames, W, H, c.background, c.tolerance)

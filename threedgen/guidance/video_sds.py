@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .base import GuidanceInput, surrogate
+from .frame_prompts import check_frame_prompts, frame_conditioning, per_frame
 from .score import ScoreGuidance
 
 
@@ -51,13 +52,7 @@ class VideoSDSGuidance(ScoreGuidance):
             raise ValueError(f"video_sds needs a text-to-video prior (a UNet3DConditionModel or UNetMotionModel under unet/); "
                              f"{cfg.prior.model} has a {type(self.prior.denoiser).__name__}")
         if cfg.frame_prompts:
-            if len(cfg.frame_prompts) != cfg.frames or not all("{prompt}" in p for p in cfg.frame_prompts):
-                raise ValueError(f"video_sds: frame_prompts must be {cfg.frames} templates (one per frame) each containing "
-                                 f"'{{prompt}}', got {list(cfg.frame_prompts)}")
-            if not self.prior.per_frame_text:
-                raise ValueError(f"video_sds: frame_prompts need a prior that reads a caption per frame (an AnimateDiff-class "
-                                 f"UNetMotionModel); {cfg.prior.model} has a {type(self.prior.denoiser).__name__}, "
-                                 "which reads one per clip")
+            check_frame_prompts(cfg.frame_prompts, cfg.frames, self.prior, "video_sds")
         self._frame_table = None  # (view texts, Conditioning [V,F,L,D])
 
     def clips(self, rgb: torch.Tensor) -> torch.Tensor:
@@ -96,8 +91,7 @@ class VideoSDSGuidance(ScoreGuidance):
         x_t = self.prior.add_noise(z.detach(), eps, t)
         cond, uncond = prompts.select(first_views, self.cfg.view_dependent)
         if self.cfg.frame_prompts:
-            cond = self.frame_conditioning(prompts, first_views)
-            uncond = uncond.map(lambda e: e[:, None].expand(e.shape[0], self.cfg.frames, *e.shape[1:]))
+            cond, uncond = self.frame_conditioning(prompts, first_views), per_frame(uncond, self.cfg.frames)
         pred = self.prior.predict_guided(x_t, t, cond, uncond, self.guidance_scale)
         g = self.weight(t, z.dim()) * (pred.eps - eps)
         m = self.cfg.motion_amplification
@@ -111,8 +105,6 @@ class VideoSDSGuidance(ScoreGuidance):
         vd = self.cfg.view_dependent
         texts = tuple(prompts.view_texts) if vd else (prompts.text,)
         if self._frame_table is None or self._frame_table[0] != texts:
-            captions = [p.format(prompt=t) for t in texts for p in self.cfg.frame_prompts]
-            emb = self.prior.encode_text(captions)
-            self._frame_table = (texts, emb.map(lambda e: e.reshape(len(texts), self.cfg.frames, *e.shape[1:])))
+            self._frame_table = (texts, frame_conditioning(self.prior, texts, self.cfg.frame_prompts))
         idx = prompts.view_indices(first_views) if vd else torch.zeros(len(first_views.azimuth_deg), dtype=torch.long)
         return self._frame_table[1][idx.to(self._frame_table[1].device)]

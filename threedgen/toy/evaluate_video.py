@@ -6,7 +6,8 @@ keep the named object in every frame?
 Motion: a centroid tracker (pixels darker than the white background) gives each frame's object centre;
 the clip's motion is the dominant axis and sign of the centre's travel from the first to the last frame
 ("left", "right", "up", "down"), or "bouncing" when the centre rises in the middle of the clip and comes
-back (``classify_motion``). Gate: agreement with the caption >= 80%. Object: the toy classifier
+back (``classify_motion``). Gate: agreement with the caption >= 80%. A prior trained on per-frame captions
+(``--frame-words``) is sampled with them. Object: the toy classifier
 (``assets/toy-prior/classifier``) names the caption's shape and colour in every frame (reported).
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from . import world as W
-from .video_dataset import FRAMES, MOTIONS, caption
+from .video_dataset import FRAMES, MOTIONS, caption, frame_captions
 
 MIN_TRAVEL_PX = 2.0
 """Centre travel (pixels at 32²) below which a clip counts as not moving."""
@@ -50,8 +51,17 @@ def classify_motion(c: torch.Tensor) -> str:
     return "down" if d[1] > 0 else "up"
 
 
+def frame_templates(prior_path) -> list[str]:
+    """The per-frame caption templates a toy video prior was trained with (``train_video.py --frame-words``,
+    recorded in its ``training.json``), else none."""
+    meta = Path(prior_path) / "training.json"
+    args = json.loads(meta.read_text()).get("args", {}) if meta.is_file() else {}
+    return frame_captions("{prompt}") if args.get("frame_words") else []
+
+
 def evaluate(prior_path: str, per_caption: int = 4, steps: int = 30, guidance_scale: float = 7.5, seed: int = 0,
              scenes: list[W.ToyScene] | None = None) -> dict:
+    from ..guidance.frame_prompts import frame_conditioning, per_frame
     from ..guidance.model_folder import PriorConfig
     from ..guidance.priors import get_prior
     from ..prompts.processor import PromptProcessor
@@ -62,13 +72,17 @@ def evaluate(prior_path: str, per_caption: int = 4, steps: int = 30, guidance_sc
         raise ValueError(f"{prior_path} is not a video prior")
     judge = load_classifier(Path(__file__).resolve().parents[2] / "assets" / "toy-prior" / "classifier")
     scenes = scenes or [W.ToyScene(s, c) for s, c in zip(W.SHAPES, ("red", "green", "blue", "yellow", "purple"))]
+    templates = frame_templates(prior_path)
     rows = []
     g = torch.Generator().manual_seed(seed)
     for scene in scenes:
         for motion in MOTIONS:
             text = caption(scene, motion)
             bundle = PromptProcessor(PromptProcessor.Config(prompt=text, view_dependent=False)).bundle(prior)
-            cond, uncond = bundle.cond.expand(per_caption), bundle.uncond.expand(per_caption)
+            cond, uncond = bundle.cond, bundle.uncond
+            if templates:  # a prior trained on per-frame captions is sampled with them
+                cond, uncond = frame_conditioning(prior, [text], templates), per_frame(uncond, FRAMES)
+            cond, uncond = cond.expand(per_caption), uncond.expand(per_caption)
             clips = prior.sample(cond, uncond, guidance_scale, n_steps=steps, generator=g, frames=FRAMES)
             got = [classify_motion(c) for c in centroids(clips)]
             frames = clips.transpose(1, 2).reshape(-1, 3, *clips.shape[-2:])
