@@ -145,3 +145,20 @@ def test_a_dynamic_stage_with_other_field_settings_is_refused_before_training(tm
     assert r.returncode == 2, r.stderr[-2000:]
     assert "stages.1 (dynamic)" in r.stderr and "mlp_width (32 there, 16 here)" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_centred_orbit_scores_a_moving_nerf_where_it_is():
+    """ToyBench's per-frame shape score (``run_measure.centred_orbit``) centres a NeRF by moving the cameras: a
+    translated scene renders the same centred orbit at every time."""
+    from threedgen.toy.run_measure import centred_orbit
+
+    _, dyn = _pair()
+    _translate(dyn, (0.35, 0.1, 0.0))
+    ren = build_module("renderer", {"name": "volume", "num_samples_per_ray": 32})
+    ren.eval()
+    _, a0 = centred_orbit(ren, dyn.frozen_at(0.0))
+    _, a1 = centred_orbit(ren, dyn.frozen_at(1.0))
+    m0, m1 = a0 > 0.5, a1 > 0.5
+    assert m0.sum() > 100 and float((m0 & m1).sum() / (m0 | m1).sum()) > 0.9
+    with pytest.raises(ValueError, match="scale 1"):
+        centred_orbit(ren, dyn.frozen_at(0.0), scale=0.5)

@@ -153,6 +153,7 @@ class NeRFAtTime:
         self.cfg, self.radius, self.grid, self.view_dependent = rep.cfg, rep.radius, rep.grid, rep.view_dependent
         self.color_head = getattr(rep, "color_head", None)
         self.last_threshold = None
+        self.occupancy_density = rep.occupancy_density  # a grid first filled from one time must still hold the others
 
     def _trunk(self, x: torch.Tensor):
         return self.rep._trunk(x - self.rep.displacement(x, self.time))
