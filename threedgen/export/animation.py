@@ -29,7 +29,9 @@ def animation_files(rep, export_cfg, render_at) -> tuple[dict[str, bytes], dict[
     ``render_at(t)`` renders the scene at time t (the solid mesher's views). Moving Gaussians give a splat
     PLY per frame; a moving NeRF (no splats) a GLB per frame: frame 0's textured mesh moved to that time."""
     from .. import registry
+    from .extract import check_finite_parameters
 
+    check_finite_parameters(rep)  # the field too: a frame's scene is a view or a copy of it
     frames, fps = export_cfg.frames, export_cfg.fps
     times = clip_times(frames)
     seconds = [k / fps for k in range(frames)]
