@@ -47,6 +47,20 @@ def test_verdicts_follow_the_paired_difference(tmp_path):
     assert main(["--out", str(tmp_path)]) == 0
 
 
+def test_particle_claim_reads_the_two_particle_rows(tmp_path):
+    d = tmp_path / "rows"
+    d.mkdir()
+    rows = []
+    for k, p in enumerate(["a red cube", "a blue sphere", "a green cylinder"]):
+        rows.append(_row(d, "toy-vsd-nerf+system.particles=2", p, 0, 100, particle_diversity=0.05 + 0.01 * k))
+        rows.append(_row(d, "toy-sds-nerf-camera+system.particles=2", p, 0, 100, particle_diversity=0.01 + 0.002 * k))
+        rows.append(_row(d, "toy-vsd-nerf", p, 0, 100))  # the recipe's own rows have no particles: not counted
+    (claim,) = [c for c in CLAIMS if c.metric == "particle_diversity"]
+    e = evaluate(rows, d, claim)
+    assert e["verdict"] == "holds" and e["n"] == 3 and np.isclose(e["baseline"], 0.012)
+    assert "diversity across particles" not in write_claims(tmp_path, rows).read_text()  # no longer listed as untestable
+
+
 def test_missing_folder_one_line_exit_2(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

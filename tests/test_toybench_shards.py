@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from threedgen.toy.bench import main, parse_shard
+from threedgen.toy.bench import job_key, main, parse_shard, variant_name
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = str(ROOT / "configs" / "toy" / "sds-nerf.yaml")
 TINY = ["trainer.max_steps=2", "trainer.val_every=0", "trainer.test_views=2", "trainer.test_resolution=16",
         "data.width=16", "data.height=16"]
+NAME = variant_name("toy-sds-nerf", TINY)  # rows made with overrides are that variant's, not the recipe's own
 
 
 @pytest.mark.slow
@@ -21,7 +22,8 @@ def test_shards_record_skip_and_merge(tmp_path, capsys, toy_prior_present):
     args = ["--recipes", RECIPE, "--prompts", "a red cube", "a blue sphere", "--seeds", "0", "--out", str(tmp_path), *TINY]
     assert main([*args, "--shard", "1/2"]) == 0
     rows = sorted((tmp_path / "rows").glob("*.json"))
-    assert [r.name for r in rows] == ["toy-sds-nerf__a_red_cube__s0.json"]
+    assert NAME.startswith("toy-sds-nerf+trainer.max_steps=2+")
+    assert [r.name for r in rows] == [f"{job_key(NAME, 'a red cube', 0)}.json"]
     assert main([*args, "--shard", "2/2"]) == 0
     runs_before = sorted((tmp_path / "runs").rglob("config.yaml"))
     capsys.readouterr()
@@ -32,12 +34,12 @@ def test_shards_record_skip_and_merge(tmp_path, capsys, toy_prior_present):
     assert main(["--merge", "--out", str(tmp_path)]) == 0
     md = (tmp_path / "bench.md").read_text()
     assert "a red cube" in md and "a blue sphere" in md and (tmp_path / "grid.png").is_file()
-    row = json.loads((tmp_path / "rows" / "toy-sds-nerf__a_blue_sphere__s0.json").read_text())
-    assert 0.0 <= row["iou"] <= 1.0 and row["seed"] == 0
+    row = json.loads((tmp_path / "rows" / f"{job_key(NAME, 'a blue sphere', 0)}.json").read_text())
+    assert 0.0 <= row["iou"] <= 1.0 and row["seed"] == 0 and row["recipe"] == NAME and "particle_diversity" not in row
     assert row["recipe_file"] == "configs/toy/sds-nerf.yaml" and row["overrides"] == TINY
 
     # a row made by other weights is stale: merge leaves it out and its shard runs it again
-    stale = tmp_path / "rows" / "toy-sds-nerf__a_red_cube__s0.json"
+    stale = tmp_path / "rows" / f"{job_key(NAME, 'a red cube', 0)}.json"
     stale.write_text(json.dumps({**json.loads(stale.read_text()), "weights_sha": "0" * 12}))
     capsys.readouterr()
     assert main(["--merge", "--out", str(tmp_path)]) == 0
@@ -46,6 +48,16 @@ def test_shards_record_skip_and_merge(tmp_path, capsys, toy_prior_present):
     assert main([*args, "--shard", "1/2"]) == 0
     assert "0 already done, 1 to run" in capsys.readouterr().out
     assert json.loads(stale.read_text())["weights_sha"] != "0" * 12
+
+
+@pytest.mark.slow
+def test_a_run_of_two_particles_records_how_far_apart_they_are(tmp_path, toy_prior_present):
+    """``system.particles=2`` rows carry ``particle_diversity`` (ProlificDreamer's particle claim) under their own label."""
+    args = ["--recipes", RECIPE, "--prompts", "a red cube", "--seeds", "0", "--out", str(tmp_path), *TINY, "system.particles=2"]
+    assert main(args) == 0
+    name = variant_name("toy-sds-nerf", [*TINY, "system.particles=2"])
+    row = json.loads((tmp_path / "rows" / f"{job_key(name, 'a red cube', 0)}.json").read_text())
+    assert row["recipe"] == name and 0.0 < row["particle_diversity"] < 1.0  # two randomly started scenes differ a little
 
 
 def test_fingerprint_follows_the_recipe_and_weights_not_the_prompt_or_seed(tmp_path):

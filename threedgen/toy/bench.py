@@ -118,14 +118,34 @@ def _recipe_name(recipe: Path) -> str:
 
 
 def render_run(run: Path, recipe: Path, overrides: list[str]):
+    """Particle 0's orbit (rgb, alpha) and, for a run of several particles, ``particle_diversity`` (else None)."""
     from ..config import load_config
     from ..systems.runner import load_system, plan_stages
 
     cfg, raw = load_config(recipe, overrides)
     stage = plan_stages(cfg, raw, run)[-1]
     system = load_system(stage.cfg, stage.final)
-    outs = system.render_views(orbit())
-    return torch.cat([o.rgb for o in outs]).cpu(), torch.cat([o.alpha for o in outs]).cpu()
+    orbits = []
+    for i in range(int(getattr(system.cfg, "particles", 1))):
+        outs = system.render_views(orbit(), particle=i)
+        orbits.append((torch.cat([o.rgb for o in outs]).cpu(), torch.cat([o.alpha for o in outs]).cpu()))
+    return (*orbits[0], particle_diversity(orbits) if len(orbits) > 1 else None)
+
+
+def particle_diversity(orbits: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Mean absolute RGB difference between every two particles' orbits (rgb, alpha) seen over white: 0 when
+    the particles are one object (ProlificDreamer's claim is that VSD's particles differ where SDS's collapse)."""
+    import itertools
+
+    shown = [rgb * alpha + (1 - alpha) for rgb, alpha in orbits]
+    pairs = [float((a - b).abs().mean()) for a, b in itertools.combinations(shown, 2)]
+    return sum(pairs) / len(pairs)
+
+
+def variant_name(recipe_name: str, overrides: list[str]) -> str:
+    """A row's recipe label: the recipe's name, plus its overrides when there are any ("toy-vsd-nerf+system.particles=2"),
+    so a variant's rows neither overwrite nor mix with the recipe's own."""
+    return "+".join([recipe_name, *overrides])
 
 
 def job_key(recipe_name: str, prompt: str, seed: int) -> str:
@@ -178,7 +198,8 @@ def main(argv=None) -> int:
         jobs = [(Path(r), p, s) for r in args.recipes for p in args.prompts for s in args.seeds]
         mine = [j for k, j in enumerate(jobs) if k % n_shards == shard - 1]
         made_by = {r: fingerprint(r, args.overrides, classifier_dir, REPO) for r in {j[0] for j in mine}}
-        todo = [j for j in mine if not _done(rows_dir / f"{job_key(_recipe_name(j[0]), j[1], j[2])}.json", made_by[j[0]])]
+        todo = [j for j in mine if not _done(rows_dir / f"{job_key(variant_name(_recipe_name(j[0]), args.overrides), j[1], j[2])}.json",
+                                             made_by[j[0]])]
         print(f"shard {shard}/{n_shards}: {len(mine)} jobs, {len(mine) - len(todo)} already done, {len(todo)} to run", flush=True)
         t0 = time.perf_counter()
         for k, (recipe, prompt, seed) in enumerate(todo):
@@ -203,15 +224,17 @@ def _run_job(recipe: Path, prompt: str, seed: int, scene, classifier, out: Path,
              provenance: dict) -> None:
     from ..utils.images import make_grid, save_png
 
-    key = job_key(_recipe_name(recipe), prompt, seed)
+    name = variant_name(_recipe_name(recipe), overrides)
+    key = job_key(name, prompt, seed)
     try:
         run, wall, rss = run_one(recipe, prompt, seed, out / "runs", overrides)
-        rgb, alpha = render_run(run, recipe, ["system.prompt=" + prompt, *overrides])
+        rgb, alpha, diversity = render_run(run, recipe, ["system.prompt=" + prompt, *overrides])
     except Exception as e:  # one failed job must not lose the shard: log it, go on, retry on a rerun
         (rows_dir / f"{key}.error.txt").write_text(f"{type(e).__name__}: {e}\n")
         print(f"FAILED {key}: {str(e).splitlines()[0] if str(e) else type(e).__name__}", flush=True)
         return
-    row = {"recipe": _recipe_name(recipe), "prompt": prompt, "seed": seed, **score(rgb, alpha, scene, classifier),
+    row = {"recipe": name, "prompt": prompt, "seed": seed, **score(rgb, alpha, scene, classifier),
+           **({"particle_diversity": diversity} if diversity is not None else {}),
            "wall_s": round(wall, 1), "peak_rss_mb": round(rss), "run": str(run), **provenance}
     save_png(rows_dir / f"{key}.png", make_grid([list(rgb[::2])]))
     write_bytes(rows_dir / f"{key}.json", (json.dumps(row) + "\n").encode())  # a killed shard never leaves half a row

@@ -17,13 +17,12 @@ claim is about.
 from __future__ import annotations
 
 import argparse
-import itertools
 from pathlib import Path
 
 import torch
 
 from . import world as W
-from .bench import orbit, score
+from .bench import orbit, particle_diversity, score
 
 
 def stage_scores(run: Path, recipe: Path, prompt: str, overrides: tuple = ()) -> list[dict]:
@@ -39,16 +38,15 @@ def stage_scores(run: Path, recipe: Path, prompt: str, overrides: tuple = ()) ->
             continue
         system = load_system(stage.cfg, stage.final)
         n = int(getattr(system.cfg, "particles", 1))
-        shown = []
+        orbits = []
         for i in range(n):
             outs = system.render_views(orbit(), particle=i)
             rgb, alpha = torch.cat([o.rgb for o in outs]).cpu(), torch.cat([o.alpha for o in outs]).cpu()
             row = {"stage": stage.name, **({"particle": i} if n > 1 else {})}
             rows.append({**row, **score(rgb, alpha, scene), "mean_alpha": float(alpha.mean())})
-            shown.append(rgb * alpha + (1 - alpha))  # over white, as the bench's strips
+            orbits.append((rgb, alpha))
         if n > 1:
-            pairs = [float((a - b).abs().mean()) for a, b in itertools.combinations(shown, 2)]
-            rows.append({"stage": stage.name, "particle_diversity": sum(pairs) / len(pairs)})
+            rows.append({"stage": stage.name, "particle_diversity": particle_diversity(orbits)})
     return rows
 
 
