@@ -12,8 +12,8 @@ Seed diversity of a prompt is the mean absolute RGB difference between the orbit
 make the same object, larger for different objects (or the same object turned; for a cube that
 counts as different). Particle diversity is the same difference between the particles of one run
 (``system.particles=2``; ``bench.particle_diversity``), recorded in the rows of that variant
-(``python -m threedgen.toy.bench --recipes configs/toy/vsd-nerf.yaml configs/toy/sds-nerf-camera.yaml
-system.particles=2``: rows labelled ``toy-vsd-nerf+system.particles=2``).
+(``python -m threedgen.toy.bench --out DIR system.particles=2 --recipes configs/toy/vsd-nerf.yaml
+configs/toy/sds-nerf-camera.yaml``: rows labelled ``toy-vsd-nerf+system.particles=2``).
 """
 
 from __future__ import annotations
