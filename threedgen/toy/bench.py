@@ -118,7 +118,12 @@ def _recipe_name(recipe: Path) -> str:
 
 
 def render_run(run: Path, recipe: Path, overrides: list[str]):
-    """Particle 0's orbit (rgb, alpha) and, for a run of several particles, ``particle_diversity`` (else None)."""
+    """The run's orbit renders (rgb, alpha) of particle 0."""
+    return render_orbits(run, recipe, overrides, particles=False)[0]
+
+
+def render_orbits(run: Path, recipe: Path, overrides: list[str], particles: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The orbit renders (rgb, alpha) of every particle of a run (of particle 0 alone unless ``particles``)."""
     from ..config import load_config
     from ..systems.runner import load_system, plan_stages
 
@@ -126,10 +131,10 @@ def render_run(run: Path, recipe: Path, overrides: list[str]):
     stage = plan_stages(cfg, raw, run)[-1]
     system = load_system(stage.cfg, stage.final)
     orbits = []
-    for i in range(int(getattr(system.cfg, "particles", 1))):
+    for i in range(int(getattr(system.cfg, "particles", 1)) if particles else 1):
         outs = system.render_views(orbit(), particle=i)
         orbits.append((torch.cat([o.rgb for o in outs]).cpu(), torch.cat([o.alpha for o in outs]).cpu()))
-    return (*orbits[0], particle_diversity(orbits) if len(orbits) > 1 else None)
+    return orbits
 
 
 def particle_diversity(orbits: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
@@ -228,7 +233,8 @@ def _run_job(recipe: Path, prompt: str, seed: int, scene, classifier, out: Path,
     key = job_key(name, prompt, seed)
     try:
         run, wall, rss = run_one(recipe, prompt, seed, out / "runs", overrides)
-        rgb, alpha, diversity = render_run(run, recipe, ["system.prompt=" + prompt, *overrides])
+        orbits = render_orbits(run, recipe, ["system.prompt=" + prompt, *overrides])
+        (rgb, alpha), diversity = orbits[0], (particle_diversity(orbits) if len(orbits) > 1 else None)
     except Exception as e:  # one failed job must not lose the shard: log it, go on, retry on a rerun
         (rows_dir / f"{key}.error.txt").write_text(f"{type(e).__name__}: {e}\n")
         print(f"FAILED {key}: {str(e).splitlines()[0] if str(e) else type(e).__name__}", flush=True)
