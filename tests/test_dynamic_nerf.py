@@ -105,6 +105,20 @@ def test_field_gets_gradients_and_regularisers_read_a_moving_nerf():
     assert sum(len(g["params"]) for g in dyn.param_groups()) == len(list(dyn.parameters()))
 
 
+def test_motion_samples_are_drawn_once_per_step():
+    """Both regularisers of a step read the same drawn points (a smaller request is a subset of them);
+    the next step draws again."""
+    _, dyn = _pair()
+    dyn.update_step(0, 0)
+    a = dyn.motion_samples(256, 0.5)
+    b = dyn.motion_samples(128, 0.5)
+    assert a.shape == (256, 3) and b.shape == (128, 3)
+    assert (b[:, None] == a[None]).all(-1).any(1).all()  # every point of b is one of a's
+    assert torch.equal(dyn.motion_samples(256, 0.5), a)
+    dyn.update_step(0, 1)
+    assert not torch.equal(dyn.motion_samples(256, 0.5), a)
+
+
 def test_bad_canonical_scene_and_gaussian_only_offsets_are_refused():
     _, dyn = _pair()
     gauss = build_module("representation", {"name": "gaussians", "num_points": 10})

@@ -120,6 +120,20 @@ class HexPlaneField(nn.Module):
         return loss
 
 
+def adopt_canonical(scene: nn.Module, src: nn.Module, static_type: type, needs: str) -> None:
+    """Load a moving ``scene``'s canonical part from a static stage's ``src`` of exactly ``static_type``,
+    keeping the scene's own (zero-motion) ``deformation.*`` field, or copy ``src`` whole when it is a
+    moving scene of the same type. ``needs`` says, in the error, what the static stage must be."""
+    if isinstance(src, type(scene)):
+        scene.load_state_dict(src.state_dict())
+        return
+    if type(src) is not static_type:
+        raise TypeError(f"the canonical scene of {type(scene).__name__} must come from {needs}, got a "
+                        f"{type(src).__name__}; make the static stage {needs}")
+    own = {k: v for k, v in scene.state_dict().items() if k.startswith("deformation.")}
+    scene.load_state_dict({**src.state_dict(), **own})
+
+
 def _sample(plane: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Bilinear samples ``[N, C]`` of a ``[C, V, U]`` plane at ``u`` (columns) and ``v`` (rows) in [-1, 1]."""
     grid = torch.stack([u, v], -1)[None, :, None]  # [1,N,1,2]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..schedule import Schedule
-from .deformation import DeformationConfig, HexPlaneField
+from .deformation import DeformationConfig, HexPlaneField, adopt_canonical
 from .gaussians import Gaussians
 
 
@@ -82,14 +82,7 @@ class DynamicGaussians(Gaussians):
     def convert_from(self, src, render=None) -> None:
         """The canonical scene from a static stage's Gaussians (the field stays at zero motion), or a copy
         of another dynamic scene."""
-        if isinstance(src, DynamicGaussians):
-            self.load_state_dict(src.state_dict())
-            return
-        if type(src) is not Gaussians:
-            raise TypeError(f"the canonical scene of dynamic Gaussians must come from Gaussians, not a {type(src).__name__}; "
-                            "make the static stage a Gaussian one (representation.name: gaussians)")
-        own = {k: v for k, v in self.state_dict().items() if k.startswith("deformation.")}
-        self.load_state_dict({**src.state_dict(), **own})
+        adopt_canonical(self, src, Gaussians, "Gaussians (representation.name: gaussians)")
 
     def param_groups(self) -> list[dict]:
         return super().param_groups() + [{"params": list(self.deformation.parameters()), "lr": self.cfg.lr_deformation,

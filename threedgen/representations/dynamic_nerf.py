@@ -25,7 +25,7 @@ import torch
 
 from ..data.cameras import clip_times
 from ..schedule import Schedule
-from .deformation import DeformationConfig, HexPlaneField
+from .deformation import DeformationConfig, HexPlaneField, adopt_canonical
 from .nerf import NeRF
 
 
@@ -63,6 +63,10 @@ class DynamicNeRF(NeRF):
                              "set deformation.rotation and deformation.scale to false (they are for dynamic_gaussians)")
         super().__init__(cfg)
         self.deformation = HexPlaneField(cfg.deformation)
+        self._samples: dict[float, torch.Tensor] = {}
+        """This step's ``motion_samples`` by time."""
+        self._samples_n = 0
+        """The most points any caller has asked for: what a step draws, whichever regulariser asks first."""
 
     def displacement(self, x: torch.Tensor, t) -> torch.Tensor:
         """``D(x, t)`` [N,3]: how far what is seen at ``x`` at time ``t`` has moved from the canonical scene."""
@@ -84,13 +88,28 @@ class DynamicNeRF(NeRF):
         """``(canonical points, moved points)`` for points ``x`` seen at time ``t``: ``(x - D(x, t), x)``."""
         return x - self.displacement(x, t), x
 
+    def update_step(self, epoch: int, step: int) -> None:
+        super().update_step(epoch, step)
+        self._samples = {}  # a new step: the scene has moved, draw its points again
+
     @torch.no_grad()
     def motion_samples(self, n: int, t=0.0, min_opacity: float = 0.0) -> torch.Tensor:
-        """``n`` points where the scene is at time ``t``: the densest of ``4n`` uniform draws in the box
-        (``min_opacity`` is the Gaussians' filter; the densest points are already the opaque ones)."""
-        x = (torch.rand(4 * n, 3, device=self.grid.params.device) * 2 - 1) * self.radius
-        d = self.at_time(float(t)).density(x)
-        return x[d.topk(min(n, len(x))).indices]
+        """``n`` points where the scene is at time ``t``: the densest quarter of uniform draws in the box
+        (``min_opacity`` is the Gaussians' filter; the densest points are already the opaque ones).
+
+        Drawn once per step and time (``update_step`` forgets them): density evaluations at thousands of
+        points cost about as much as the step's render, and the regularisers of one step ask for the same
+        scene. Each draw is as large as the largest request seen so far, so whichever regulariser asks
+        first, one draw serves both from the second step on; a smaller request is a random subset."""
+        cache, key = self._samples, float(t)
+        self._samples_n = max(self._samples_n, n)
+        if key not in cache or len(cache[key]) < n:
+            m = self._samples_n
+            x = (torch.rand(4 * m, 3, device=self.grid.params.device) * 2 - 1) * self.radius
+            d = self.at_time(key).density(x)
+            cache[key] = x[d.topk(m).indices]
+        x = cache[key]
+        return x if len(x) == n else x[torch.randperm(len(x), device=x.device)[:n]]
 
     @torch.no_grad()
     def forward_motion(self, points: torch.Tensor, times: list[float], start: float = 0.0) -> list[torch.Tensor]:
@@ -111,14 +130,7 @@ class DynamicNeRF(NeRF):
     def convert_from(self, src, render=None) -> None:
         """The canonical scene from a static stage's NeRF (the field stays at zero motion), or a copy of
         another moving NeRF."""
-        if isinstance(src, DynamicNeRF):
-            self.load_state_dict(src.state_dict())
-            return
-        if type(src) is not NeRF:
-            raise TypeError(f"the canonical scene of a moving NeRF must come from a NeRF, not a {type(src).__name__}; "
-                            "make the static stage a NeRF one (representation.name: nerf)")
-        own = {k: v for k, v in self.state_dict().items() if k.startswith("deformation.")}
-        self.load_state_dict({**src.state_dict(), **own})
+        adopt_canonical(self, src, NeRF, "a NeRF (representation.name: nerf)")
 
     def param_groups(self) -> list[dict]:
         groups = super().param_groups()
