@@ -130,7 +130,8 @@ def test_motion_regularisers():
 
 
 def test_guidance_probability_is_a_seeded_share_of_steps():
-    from threedgen.config import ConfigError, _module_spec
+    from threedgen.config import ConfigError
+    from threedgen.typed_config import _module_spec
 
     spec = _module_spec({"name": "photometric", "probability": 0.25}, "guidance", True, "system.guidance.0")
     assert spec.probability == 0.25
