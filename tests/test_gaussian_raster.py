@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from threedgen.data.cameras import make_cameras
 from threedgen.renderers.gaussian import viewmats_and_Ks
 from threedgen.renderers.gaussian_torch import covariance, project, rasterization
-from threedgen.representations.gaussians import SH_C0, sh_basis
+from threedgen.representations.spherical_harmonics import SH_C0, sh_basis
 
 
 def random_gaussians(n, seed=0, spread=0.5, dtype=torch.float32):

@@ -17,7 +17,8 @@ from threedgen.config import from_dict
 from threedgen.data.cameras import make_cameras
 from threedgen.renderers.background import SolidBackground
 from threedgen.renderers.gaussian import GaussianRenderer
-from threedgen.representations.gaussians import SH_C0, Gaussians
+from threedgen.representations.gaussians import Gaussians
+from threedgen.representations.spherical_harmonics import SH_C0
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from ..representations.base import Representation
-from ..representations.gaussians import Gaussians, sh_basis
+from ..representations.gaussians import Gaussians
+from ..representations.spherical_harmonics import sh_basis
 from .box import EditBox
 from .scene_ply import read_splat_ply
 

@@ -10,7 +10,7 @@ the same as gsplat's ``rasterization(sh_degree=...)`` and the INRIA PLY layout.
 Densification (DreamGaussian / GaussianDreamer use the 3DGS heuristics with a much larger
 screen-space gradient threshold, because SDS gradients are large and noisy) runs in
 ``after_step``: the system's single optimizer is shown to the strategy as one small optimizer per
-parameter name (``_GroupView``), which is all gsplat's ``_update_param_with_optimizer`` touches
+parameter name (``OptimizerGroupView``, ``densification.py``), which is all gsplat's ``_update_param_with_optimizer`` touches
 (``param_groups[0]["params"]`` and ``state[param]``). gsplat 1.5.3 never fires its own periodic
 opacity reset (``step % every == 0 & step > 0`` parses as a chained comparison that is always
 false), so the reset is done here with ``gsplat.strategy.ops.reset_opa``; a cap on the count
@@ -35,90 +35,12 @@ from torch import nn
 
 from ..schedule import Schedule
 from .base import Representation
+from .densification import DensifyConfig, OptimizerGroupView
+from .spherical_harmonics import SH_C0, rgb_to_sh0, sh_basis
 
 log = logging.getLogger(__name__)
 
-SH_C0 = 0.28209479177387814
-_SH_C1 = 0.4886025119029199
-_SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
-_SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
-          -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
-
-
-def sh_basis(degree: int, dirs: torch.Tensor) -> torch.Tensor:
-    """Real SH basis [..., (degree+1)^2] at unit directions [..., 3] in the 3DGS sign convention."""
-    if not 0 <= degree <= 3:
-        raise ValueError(f"SH degree must be 0..3, got {degree}")
-    x, y, z = dirs.unbind(-1)
-    out = [torch.full_like(x, SH_C0)]
-    if degree >= 1:
-        out += [-_SH_C1 * y, _SH_C1 * z, -_SH_C1 * x]
-    if degree >= 2:
-        xx, yy, zz = x * x, y * y, z * z
-        out += [_SH_C2[0] * x * y, _SH_C2[1] * y * z, _SH_C2[2] * (2 * zz - xx - yy), _SH_C2[3] * x * z,
-                _SH_C2[4] * (xx - yy)]
-    if degree >= 3:
-        out += [_SH_C3[0] * y * (3 * xx - yy), _SH_C3[1] * x * y * z, _SH_C3[2] * y * (4 * zz - xx - yy),
-                _SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy), _SH_C3[4] * x * (4 * zz - xx - yy),
-                _SH_C3[5] * z * (xx - yy), _SH_C3[6] * x * (xx - 3 * yy)]
-    return torch.stack(out, -1)
-
-
-def rgb_to_sh0(rgb: torch.Tensor) -> torch.Tensor:
-    return (rgb - 0.5) / SH_C0
-
-
-@dataclass
-class DensifyConfig:
-    """gsplat ``DefaultStrategy`` settings (3DGS heuristics); steps are global optimisation steps."""
-
-    enabled: bool = True
-    grow_grad2d: float = 0.01
-    """Mean screen-space gradient (gsplat's normalisation) above which a Gaussian is cloned or split.
-    3DGS reconstruction uses 0.0002; SDS gradients are far larger (DreamGaussian: 0.01)."""
-    grow_scale3d: float = 0.01
-    """Largest scale / scene_scale below which a Gaussian is duplicated, above which it is split."""
-    grow_scale2d: float = 0.05
-    prune_opa: float = 0.01
-    """Opacity below which a Gaussian is removed; opacity resets go to twice this."""
-    prune_scale3d: float = 0.1
-    """Largest scale / scene_scale above which a Gaussian is removed (after the first reset)."""
-    prune_scale2d: float = 0.15
-    refine_scale2d_stop_iter: int = 0
-    refine_start_iter: int = 100
-    refine_stop_iter: int = 3000
-    refine_every: int = 100
-    reset_every: int = 700
-    """Opacity reset period (0: never). Done here: gsplat 1.5.3's own reset never fires."""
-    pause_refine_after_reset: int = 0
-    revised_opacity: bool = False
-    scene_scale: float = 1.0
-    """Scale the 3D thresholds are relative to (the object's radius)."""
-    max_gaussians: int = 1_000_000
-    """Hard cap: after refinement the least opaque Gaussians beyond this count are removed."""
-
-
-class _GroupView:
-    """The parameter group of a shared optimizer that holds ``param``, shaped like the one-group
-    optimizer gsplat's strategy ops expect: ``param_groups[0]["params"]`` and ``state[param]`` are the
-    real ones. The group is found by parameter identity once, when the view is made (the system may
-    rename groups: particles get ``.p1`` suffixes), and kept: the ops swap the tensor inside that same
-    group dict, so a grow followed by a prune in one step still reaches it."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, param: torch.Tensor, name: str):
-        groups = [g for g in optimizer.param_groups if any(p is param for p in g["params"])]
-        if len(groups) != 1:
-            raise RuntimeError(f"expected one optimizer group holding Gaussian parameter {name!r}, found {len(groups)}")
-        self._opt, self._group, self.name = optimizer, groups[0], name
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return [self._group]
-
-    @property
-    def state(self):
-        return self._opt.state
 
 
 class Gaussians(Representation):
@@ -371,7 +293,7 @@ class Gaussians(Representation):
                 "densification needs the optimizer: call Gaussians.bind_optimizer(opt) with an optimizer built "
                 "from param_groups() (the generation system does this in configure_optimizers)"
             )
-        return {k: _GroupView(self._optimizer, p, k) for k, p in self.params.items()}
+        return {k: OptimizerGroupView(self._optimizer, p, k) for k, p in self.params.items()}
 
     @torch.no_grad()
     def after_step(self, step: int, render_out) -> None:

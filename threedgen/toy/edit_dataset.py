@@ -22,7 +22,8 @@ import torch
 from ..data.cameras import CameraConfig, RandomCameraSampler
 from ..schedule import Schedule
 from . import world as W
-from .scene_builder import GROUND_Y, SH_C0, Placed, build_scene, insert_box
+from ..representations.spherical_harmonics import SH_C0
+from .scene_builder import GROUND_Y, Placed, build_scene, insert_box
 from ..utils.atomic import save_torch
 
 EDIT_VERSION = 1

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..representations.spherical_harmonics import rgb_to_sh0
 from . import world as W
 from .render import sdf_shape, shade
 
-SH_C0 = 0.28209479177387814
 GROUND_Y = -0.2
 GROUND_HALF = 1.0
 GROUND_ALBEDO = (0.6, 0.6, 0.6)
@@ -88,7 +88,7 @@ def _flat_gaussians(points, normals, albedo, size: float) -> dict:
     quats = torch.cat([torch.cos(half), axis * torch.sin(half)], -1)
     rgb = shade(torch.tensor(albedo).expand(n, 3), normals)
     return {"means": points, "log_scales": torch.log(torch.tensor([size, size, size / 6])).expand(n, 3).clone(),
-            "quats": quats, "logit_opacities": torch.full((n,), 4.0), "sh": ((rgb - 0.5) / SH_C0)[:, None, :], "sh_degree": 0}
+            "quats": quats, "logit_opacities": torch.full((n,), 4.0), "sh": rgb_to_sh0(rgb)[:, None, :], "sh_degree": 0}
 
 
 
