@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from threedgen.edit.scene_ply import read_splat_ply
-from test_export import read_glb, validate_glb
+from export_fixtures import read_glb, validate_glb
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ import pytest
 
 from browser import browser_fixture, save_screenshot
 from test_app_jobs import FAST
-from test_export import validate_glb
+from export_fixtures import validate_glb
 
 ROOT = Path(__file__).resolve().parents[1]
 browser = browser_fixture()

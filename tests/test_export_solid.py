@@ -115,7 +115,7 @@ def test_fitted_scene_exports_a_closed_mesh_with_its_topology_that_looks_like_it
     if shape == "cube":  # the texture has the renders' colour (the world's red), not a darker mix; the file is valid
         import trimesh
 
-        from test_export import validate_glb
+        from export_fixtures import validate_glb
 
         issues = validate_glb(tmp_path / "model.glb")
         assert issues["numErrors"] == 0 and issues["numWarnings"] == 0, issues["messages"][:5]

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from browser import browser_fixture, save_screenshot, screenshot_rgb
-from test_export import cfg, read_glb
+from export_fixtures import cfg, read_glb
 from threedgen.config import ConfigError, ExportConfig, from_dict
 from threedgen.export.viewer import viewer_html, with_viewer
 from threedgen.systems import runner
