@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from threedgen.toy import world as W
-from threedgen.toy.evaluate_video import centroids, classify_motion
+from threedgen.toy.evaluate_video import centroids, classify_motion, follows_path
 from threedgen.toy.video_dataset import MOTIONS, caption, parse_motion, render_clips
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -18,6 +18,12 @@ def test_rendered_clips_move_as_captioned_and_the_tracker_agrees():
         clips = render_clips([scene] * len(MOTIONS), list(MOTIONS), seed=3)
         assert clips.shape == (len(MOTIONS), 3, 8, 32, 32)
         assert [classify_motion(c) for c in centroids(clips)] == list(MOTIONS)
+        assert all(follows_path(c, m) for c, m in zip(centroids(clips), MOTIONS))
+        assert not any(follows_path(c, m) for c, m in zip(centroids(clips), ("right", "left", "down", "up", "left")))
+    # independent frames: the same ends as a clip moving right, but jumping about in between
+    x = torch.tensor([10.0, 20.0, 9.0, 21.0, 10.0, 20.0, 11.0, 22.0])
+    jitter = torch.stack([x, torch.full_like(x, 16.0)], -1)
+    assert classify_motion(jitter) == "right" and not follows_path(jitter, "right")
     assert parse_motion(caption(scenes[0], "left")) == (scenes[0], "left")
     with pytest.raises(ValueError, match="names no toy motion"):
         parse_motion("a red cube spinning")
