@@ -15,6 +15,8 @@ from threedgen.guidance.model_folder import PriorConfig
 from threedgen.guidance.sds import SDSGuidance
 from threedgen.prompts.processor import PromptProcessor
 
+from score_reference import _UnetCalls
+
 
 def _sds(prior, **kw) -> SDSGuidance:
     cfg = from_dict(SDSGuidance.Config, {"prior": {"model": prior.model_id, "device": "cpu"}, **kw})
@@ -27,18 +29,6 @@ def _prompts(prior, **kw):
 
 def _cams(B):
     return make_cameras(15.0, torch.linspace(-150, 150, B), 2.0, 50.0, 16, 16)
-
-
-class _UnetCalls:
-    def __init__(self, unet):
-        self.batches = []
-        self._h = unet.register_forward_hook(lambda m, i, o: self.batches.append(i[0].shape[0]))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._h.remove()
 
 
 def test_sds_step_moves_render_toward_one_step_denoised(pixel_prior):
