@@ -304,3 +304,25 @@ def test_bf16_autocast_trains_as_float32_does(tmp_path, clip_cache):
         losses[bool(flag)] = json.loads((out / "training.json").read_text())["final_loss_avg200"]
     assert losses[True] != losses[False]  # the passes really ran in bfloat16
     assert abs(losses[True] - losses[False]) <= 0.02 * losses[False]
+
+
+def test_an_exported_prior_continues_from_its_step_and_a_mismatch_is_refused(tmp_path, clip_cache, capsys):
+    """``--init-from``: a training outlives its machine through the export alone (weights, step, minutes)."""
+    import json
+
+    from threedgen.toy.train_video import main
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = ["--clips-per-pair", "1", "--batch-size", "1", "--cache-dir", str(clip_cache), "--separate-motions", "3",
+              "--frame-words", "--frame-steps", "10"]
+    main(["--steps", "2", "--out", str(first), *common])
+    main(["--steps", "4", "--out", str(second), "--init-from", str(first), *common])
+    a, b = (json.loads((d / "training.json").read_text()) for d in (first, second))
+    assert a["steps"] == 2 and b["steps"] == 4 and b["train_minutes"] >= a["train_minutes"]
+    assert b["motion_text"] == a["motion_text"]  # the separated text encoder came along; it was not separated again
+    assert "continuing the exported prior" in capsys.readouterr().out
+    for bad, says in ((tmp_path, "no training.json"), (first, "--frame-words")):
+        with pytest.raises(SystemExit) as e:
+            main(["--steps", "4", "--out", str(tmp_path / "third"), "--init-from", str(bad),
+                  *[c for c in common if bad is tmp_path or c not in ("--frame-words", "--frame-steps", "10")]])
+        assert e.value.code == 2 and says in capsys.readouterr().err

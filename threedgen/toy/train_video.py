@@ -102,6 +102,26 @@ def save_video_prior(out: Path, base: Path, unet, text_encoder, tokenizer, extra
     (out / "training.json").write_text(json.dumps(extra, indent=2) + "\n")
 
 
+def read_export(folder: Path, frame_words: bool, vocabulary: int, fail) -> dict:
+    """An exported toy video prior to continue (``--init-from``): its UNet, text encoder and ``training.json``.
+    Refused, naming the difference, when it was trained with other per-frame captions or another vocabulary."""
+    from diffusers import UNetMotionModel
+    from transformers import CLIPTextModel
+
+    path = folder / "training.json"
+    if not path.is_file():
+        fail(f"--init-from {folder}: no training.json there; give the folder train_video.py exported (its --out)")
+    report = json.loads(path.read_text())
+    if bool(report["args"].get("frame_words")) != bool(frame_words):
+        fail(f"--init-from {folder} was trained {'with' if report['args'].get('frame_words') else 'without'} "
+             f"--frame-words; continue it the same way")
+    te = CLIPTextModel.from_pretrained(folder / "text_encoder")
+    if te.get_input_embeddings().weight.shape[0] != vocabulary:
+        fail(f"--init-from {folder} has a vocabulary of {te.get_input_embeddings().weight.shape[0]} tokens, this "
+             f"training {vocabulary}; it was made by another version of the toy words")
+    return {"unet": UNetMotionModel.from_pretrained(folder / "unet"), "text_encoder": te, "report": report}
+
+
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "bouncing": "down"}
 
 
@@ -217,6 +237,10 @@ def main(argv=None) -> None:
                          "1.4x faster per step on one CPU thread)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init-from", default=None,
+                    help="continue an exported toy video prior (its training.json's step and minutes; its weights as the live "
+                         "and the EMA weights, a fresh optimiser): how a training outlives the machine it ran on when only "
+                         "the export was kept. A --resume checkpoint, where there is one, wins")
     ap.add_argument("--cache-dir", default=".cache")
     ap.add_argument("--ckpt-minutes", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1)
@@ -242,15 +266,18 @@ def main(argv=None) -> None:
     base, out = Path(args.base), Path(args.out)
     require_toy_prior(base)
     ckpt_path = checkpoint_path(args.cache_dir, "train_video", out)
-    t0 = time.time()
-    ds = load_clip_dataset(args.cache_dir, args.clips_per_pair, seed=args.seed)
-    clips = ds["clips"].float().div_(127.5).sub_(1.0)
-    print(f"toy clips: {len(clips)} of {FRAMES} frames ({time.time() - t0:.0f} s incl. rendering if not cached)", flush=True)
     words = FRAME_WORDS if args.frame_words else ()
     tok, te, new_ids = extend_text_side(base, words)
     text_report = None
     resuming = args.resume and ckpt_path.exists()
-    if args.separate_motions > 0 and not resuming:  # a resumed run reloads the separated encoder instead
+    init = None if resuming or args.init_from is None else read_export(Path(args.init_from), args.frame_words, len(tok), ap.error)
+    if init is not None:
+        te, text_report = init["text_encoder"], init["report"].get("motion_text")
+    t0 = time.time()
+    ds = load_clip_dataset(args.cache_dir, args.clips_per_pair, seed=args.seed)
+    clips = ds["clips"].float().div_(127.5).sub_(1.0)
+    print(f"toy clips: {len(clips)} of {FRAMES} frames ({time.time() - t0:.0f} s incl. rendering if not cached)", flush=True)
+    if args.separate_motions > 0 and not resuming and init is None:  # a resumed run reloads the separated encoder instead
         from .motion_text import separate_motions
 
         text_report = separate_motions(tok, te, steps=args.separate_motions, margin=args.motion_margin, seed=args.seed,
@@ -262,7 +289,8 @@ def main(argv=None) -> None:
     row = {c: 1 + i for i, c in enumerate(captions)}  # a caption's row in ids (row 0: the empty caption)
     opposite_index = torch.tensor([0] + [row.get(swap_direction(c), 0) for c in captions])
     cap_index = torch.tensor([row[c] for c in ds["captions"]])
-    unet = motion_unet_from(UNet2DConditionModel.from_pretrained(base / "unet"), args.motion_init_std, args.seed)
+    unet = init["unet"] if init is not None else motion_unet_from(UNet2DConditionModel.from_pretrained(base / "unet"),
+                                                                   args.motion_init_std, args.seed)
     unet.requires_grad_(False)
     te.requires_grad_(False)
     params = trainable(unet, te, args.train_all, args.train_text_encoder)
@@ -291,6 +319,10 @@ def main(argv=None) -> None:
             text_report = ck.get("text_report")
         step, elapsed, losses = ck["step"], ck["elapsed"], ck["losses"]
         print(f"resumed from {ckpt_path} at step {step} ({elapsed / 60:.1f} min trained)", flush=True)
+    elif init is not None:
+        step, elapsed = int(init["report"]["steps"]), 60.0 * float(init["report"]["train_minutes"])
+        print(f"continuing the exported prior {args.init_from} from step {step} ({elapsed / 60:.1f} min trained; "
+              f"fresh optimiser)", flush=True)
     print(f"toy video prior: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M UNet params, "
           f"{sum(p.numel() for p in params) / 1e6:.2f} M trained, {len(new_ids)} new tokens, batch {args.batch_size} clips", flush=True)
 
