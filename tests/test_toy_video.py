@@ -34,7 +34,7 @@ def test_inflated_unet_is_the_image_prior_per_frame_and_old_words_keep_their_emb
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from threedgen.toy.tokenizer import tokenize
-    from threedgen.toy.train_video import extend_text_side, motion_unet_from
+    from threedgen.toy.video_prior_model import extend_text_side, motion_unet_from
 
     base = ROOT / "assets" / "toy-prior"
     image = UNet2DConditionModel.from_pretrained(base / "unet").eval()
@@ -138,7 +138,8 @@ def test_x0_weights_lift_only_the_noisy_levels_and_text_layers_can_train():
 
 def test_motion_separation_opens_the_motion_words_and_keeps_the_static_captions():
     from threedgen.toy.motion_text import motion_gap, separate_motions
-    from threedgen.toy.train_video import extend_text_side, swap_direction
+    from threedgen.toy.train_video import swap_direction
+    from threedgen.toy.video_prior_model import extend_text_side
 
     tok, te, _ = extend_text_side(ROOT / "assets" / "toy-prior")
     report = separate_motions(tok, te, steps=60, margin=0.3, log=lambda m: None)
@@ -258,7 +259,7 @@ def test_frame_steps_train_on_single_frames_with_their_own_captions_first(tmp_pa
     monkeypatch.setattr(UNetMotionModel, "save_pretrained", first_save)
     main(["--steps", "2", "--frame-steps", "2", "--clips-per-pair", "1", "--batch-size", "2", "--out", str(tmp_path / "f"),
           "--cache-dir", str(clip_cache), "--separate-motions", "0", "--frame-words", "--train-all", "--motion-init-std", "0.02"])
-    from threedgen.toy.train_video import motion_unet_from
+    from threedgen.toy.video_prior_model import motion_unet_from
     from diffusers import UNet2DConditionModel
 
     start = motion_unet_from(UNet2DConditionModel.from_pretrained(ROOT / "assets" / "toy-prior" / "unet"), 0.02, 0)
