@@ -207,6 +207,12 @@ def test_frame_words_give_each_frame_its_own_caption(tmp_path, clip_cache):
     ids = caption_ids(tok, ["a red cube moving left", "a blue sphere moving up"], frame_words=True)
     assert ids.shape[:2] == (2, FRAMES) and tok.unk_token_id not in ids.tolist()[0][3]
     assert not torch.equal(ids[0, 0], ids[0, 1])  # frames differ only in their index word
+    from threedgen.toy.tokenizer import tokenize
+    from threedgen.toy.train_video import training_caption_ids
+
+    train_ids = training_caption_ids(tok, ["a red cube moving left"], frame_words=True)
+    assert torch.equal(train_ids[1], ids[0])  # the captions keep their frame words
+    assert all(torch.equal(row, tokenize(tok, [""])[0]) for row in train_ids[0])  # the dropped one is "" in every frame
     from transformers import CLIPTextModel
 
     te = CLIPTextModel.from_pretrained(out / "text_encoder")

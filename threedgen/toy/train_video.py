@@ -75,6 +75,17 @@ def caption_ids(tokenizer, texts: list[str], frame_words: bool) -> torch.Tensor:
     return tokenize(tokenizer, [c for t in texts for c in frame_captions(t)]).view(len(texts), FRAMES, -1)
 
 
+def training_caption_ids(tokenizer, captions: list[str], frame_words: bool) -> torch.Tensor:
+    """Token ids ``[1 + N, R, 77]``: row 0 the dropped caption (classifier-free guidance's unconditional branch),
+    then ``captions``. The dropped caption is the empty one in every frame, with no frame word, because that is what
+    every sampler passes as the unconditional branch (``evaluate_video``, ``video_sds``, ``clip_anchor``); with
+    ``--frame-words`` it used to be "frame zero" … "frame seven", so the prior was guided against a caption it
+    had never been trained on."""
+    ids = caption_ids(tokenizer, [""] + captions, frame_words)
+    ids[0] = caption_ids(tokenizer, [""], False)[0]
+    return ids
+
+
 def direction_contrast(err_caption: torch.Tensor, err_opposite: torch.Tensor, margin: float) -> torch.Tensor:
     """Hinge on per-clip errors: a clip must be denoised at least ``1 + margin`` times better under its own
     caption than under the opposite direction. The plain loss hardly sees the direction once one word is
@@ -190,7 +201,7 @@ def main(argv=None) -> None:
         print(f"motion words separated: gap {text_report['before']['motion']:.3f} -> {text_report['after']['motion']:.3f} "
               f"(colour {text_report['after']['colour']:.3f}; static captions drift {text_report['static_caption_drift']:.3f})", flush=True)
     captions = sorted(set(ds["captions"]))
-    ids = caption_ids(tok, [""] + captions, args.frame_words)  # [1 + captions, R, 77]
+    ids = training_caption_ids(tok, captions, args.frame_words)  # [1 + captions, R, 77]
     row = {c: 1 + i for i, c in enumerate(captions)}  # a caption's row in ids (row 0: the empty caption)
     opposite_index = torch.tensor([0] + [row.get(swap_direction(c), 0) for c in captions])
     cap_index = torch.tensor([row[c] for c in ds["captions"]])
