@@ -153,6 +153,30 @@ def test_motion_separation_opens_the_motion_words_and_keeps_the_static_captions(
     assert swap_direction("a green cone bouncing") == "a green cone moving down"
 
 
+def test_separation_on_per_frame_captions_parts_every_motion_and_frame():
+    """A plain-caption separation does not carry over to "… moving left frame zero"; the templates separate those."""
+    from threedgen.toy.motion_text import motion_gap, separate_motions
+    from threedgen.toy.video_dataset import FRAME_WORDS, frame_captions
+    from threedgen.toy.video_prior_model import extend_text_side
+
+    tok, te, _ = extend_text_side(ROOT / "assets" / "toy-prior", FRAME_WORDS)
+    templates = frame_captions("{prompt}")
+    report = separate_motions(tok, te, steps=40, margin=0.3, batch_scenes=2, log=lambda m: None, templates=templates)
+    before, after = report["before"], report["after"]
+    assert before["motion"] < 0.05 and before["frame"] < 0.05  # new words: every frame caption reads alike
+    assert after["motion"] > 5 * before["motion"] and after["frame"] > 5 * before["frame"]  # 40 steps of 2 scenes
+    assert report["static_caption_drift"] < 0.1
+    assert "frame_min" not in motion_gap(tok, te)  # one template: no frames to compare
+
+
+def test_sweep_clips_leave_out_the_bouncing_ones():
+    from threedgen.toy.train_video import sweep_clips
+
+    caps = ["a red cube moving left", "a red cube bouncing", "a blue cone moving up", "a blue cone bouncing"]
+    idx = sweep_clips(caps, torch.Generator().manual_seed(0))
+    assert sorted(idx.tolist()) == [0, 2]
+
+
 def test_direction_hinge_asks_for_a_margin_and_then_lets_go(tmp_path, clip_cache):
     from threedgen.toy.train_video import direction_contrast, main
 
@@ -328,6 +352,10 @@ def test_an_exported_prior_continues_from_its_step_and_a_mismatch_is_refused(tmp
     assert a["steps"] == 2 and b["steps"] == 4 and b["train_minutes"] >= a["train_minutes"]
     assert b["motion_text"] == a["motion_text"]  # the separated text encoder came along; it was not separated again
     assert "continuing the exported prior" in capsys.readouterr().out
+    third = tmp_path / "third-sep"  # --reseparate: the export's encoder is separated again, then kept frozen
+    main(["--steps", "3", "--out", str(third), "--init-from", str(first), "--reseparate", "--embedding-lr-scale", "0", *common])
+    c = json.loads((third / "training.json").read_text())
+    assert c["steps"] == 3 and c["motion_text"] != a["motion_text"] and "frame_min" in c["motion_text"]["after"]
     for bad, says in ((tmp_path, "no training.json"), (first, "--frame-words")):
         with pytest.raises(SystemExit) as e:
             main(["--steps", "4", "--out", str(tmp_path / "third"), "--init-from", str(bad),

@@ -114,3 +114,25 @@ def test_frame_prompts_give_each_frame_its_caption(motion_path, video_path):
         _guidance(motion_path, frame_prompts=templates[:3])
     with pytest.raises(ValueError, match="reads one per clip"):
         _guidance(video_path, frame_prompts=templates)
+
+
+def test_clip_noise_shares_the_asked_part_of_each_frames_variance(motion_path):
+    from threedgen.guidance.model_folder import PriorConfig
+    from threedgen.guidance.clip_noise import clip_noise
+    from threedgen.guidance.priors import get_prior
+
+    g = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(clip_noise((2, 3, 4, 8, 8), 0.0, g), torch.randn((2, 3, 4, 8, 8), generator=torch.Generator().manual_seed(0)))
+    for share in (0.0, 0.5, 0.9):
+        x = clip_noise((64, 4, 2, 16, 16), share, g)
+        a, b = x[:, :, 0].flatten(), x[:, :, 1].flatten()
+        assert abs(float(a.std()) - 1.0) < 0.02 and abs(float(b.std()) - 1.0) < 0.02  # every frame still N(0, 1)
+        assert abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1]) - share) < 0.02
+    with pytest.raises(ValueError, match=r"in \[0, 1\], got 1.5"):
+        clip_noise((1, 1, 2, 2, 2), 1.5)
+    prior = get_prior(PriorConfig(model=str(motion_path), device="cpu"))
+    cond = prior.encode_text(["a red cube"])
+    clips = [prior.sample(cond, None, n_steps=2, generator=torch.Generator().manual_seed(1), frames=4, frame_noise_share=s)
+             for s in (0.0, 1.0)]
+    spread = [float((c - c.mean(2, keepdim=True)).abs().mean()) for c in clips]
+    assert clips[0].shape == (1, 3, 4, *clips[0].shape[-2:]) and spread[1] < 0.5 * spread[0]  # frames start alike

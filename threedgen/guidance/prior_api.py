@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from .cfg import ScaleLike, cfg_combine, perp_neg_combine
 from .conditioning import Conditioning, as_conditioning
+from .clip_noise import clip_noise
 from .levels import CLEAN, NoiseLevels
 from .model_folder import ModelFolder, PriorConfig, PromptTruncatedWarning, resolve_device, resolve_dtype
 
@@ -249,18 +250,22 @@ class Prior:
 
     @torch.no_grad()
     def sample(self, cond, uncond=None, guidance_scale: ScaleLike = 1.0, n_steps: int = 50,
-               generator: Optional[torch.Generator] = None, x_T: Optional[torch.Tensor] = None, frames: int = 0) -> torch.Tensor:
+               generator: Optional[torch.Generator] = None, x_T: Optional[torch.Tensor] = None, frames: int = 0,
+               frame_noise_share: float = 0.0) -> torch.Tensor:
         """Deterministic text-to-image sampling (DDIM, or Euler for a flow prior) over ``n_steps``
         evenly spaced levels -> images ``[B,3,H,W]`` in [0,1]; for looking at a prior, not used by
         the objectives. ``cond`` sets the batch size. A video prior samples ``frames``-frame clips
-        ``[B,3,F,H,W]`` (pixel priors; a latent video is decoded frame by frame)."""
+        ``[B,3,F,H,W]`` (pixel priors; a latent video is decoded frame by frame), from starting noise
+        whose frames share ``frame_noise_share`` of their variance (``clip_noise``)."""
         cond = as_conditioning(cond)
         B = len(cond)
         R = self.latent_resolution
         shape = (B, self.latent_channels, frames, R, R) if self.video else (B, self.latent_channels, R, R)
         if self.video and frames < 1:
             raise ValueError("sampling a video prior needs frames >= 1")
-        x = x_T if x_T is not None else torch.randn(shape, generator=generator).to(self.device)
+        if x_T is None:
+            x_T = clip_noise(shape, frame_noise_share, generator) if self.video else torch.randn(shape, generator=generator)
+        x = x_T.to(self.device)
         ts = torch.linspace(self.levels.n - 1, 0, int(n_steps)).round().long().tolist() + [CLEAN]
         for cur, nxt in zip(ts[:-1], ts[1:]):
             pred, _ = self.predict_maybe_guided(x, cur, cond, uncond, guidance_scale)
@@ -390,3 +395,4 @@ def repeat_cameras(cameras, n: int):
 
 
 __all__ = ["CLEAN", "Conditioning", "NoiseLevels", "Prediction", "Prior", "as_conditioning", "parameterise", "repeat_cameras", "to_prediction"]
+

@@ -81,7 +81,7 @@ def frame_templates(prior_path) -> list[str]:
 
 
 def evaluate(prior_path: str, per_caption: int = 4, steps: int = 30, guidance_scale: float = 7.5, seed: int = 0,
-             scenes: list[W.ToyScene] | None = None) -> dict:
+             scenes: list[W.ToyScene] | None = None, frame_noise_share: float = 0.0) -> dict:
     from ..guidance.frame_prompts import frame_conditioning, per_frame
     from ..guidance.model_folder import PriorConfig
     from ..guidance.priors import get_prior
@@ -104,7 +104,8 @@ def evaluate(prior_path: str, per_caption: int = 4, steps: int = 30, guidance_sc
             if templates:  # a prior trained on per-frame captions is sampled with them
                 cond, uncond = frame_conditioning(prior, [text], templates), per_frame(uncond, FRAMES)
             cond, uncond = cond.expand(per_caption), uncond.expand(per_caption)
-            clips = prior.sample(cond, uncond, guidance_scale, n_steps=steps, generator=g, frames=FRAMES)
+            clips = prior.sample(cond, uncond, guidance_scale, n_steps=steps, generator=g, frames=FRAMES,
+                                 frame_noise_share=frame_noise_share)
             cs = centroids(clips)
             got = [classify_motion(c) for c in cs]
             path = [follows_path(c, motion) for c in cs]
@@ -120,7 +121,8 @@ def evaluate(prior_path: str, per_caption: int = 4, steps: int = 30, guidance_sc
             "endpoint_accuracy": sum(r["endpoints_ok"] for r in rows) / n,
             "by_motion": {m: sum(r["motion_ok"] for r in rows if r["motion"] == m) / len(scenes) for m in MOTIONS},
             "object_frames": sum(r["object_ok_frames"] for r in rows) / n, "rows": rows,
-            "settings": {"per_caption": per_caption, "steps": steps, "guidance_scale": guidance_scale, "seed": seed}}
+            "settings": {"per_caption": per_caption, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
+                         "frame_noise_share": frame_noise_share}}
 
 
 def main(argv=None) -> int:
@@ -130,11 +132,16 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--guidance-scale", type=float, default=7.5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--frame-noise-share", type=float, default=0.0,
+                    help="share of the starting noise's variance common to a clip's frames (prior_api.clip_noise; 0: independent)")
     ap.add_argument("--out", default=None, help="write the report here (JSON)")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.frame_noise_share <= 1.0:
+        ap.error(f"--frame-noise-share is a share of the noise's variance in [0, 1], got {args.frame_noise_share}")
     torch.set_num_threads(1)
     try:
-        rep = evaluate(args.prior, args.per_caption, args.steps, args.guidance_scale, args.seed)
+        rep = evaluate(args.prior, args.per_caption, args.steps, args.guidance_scale, args.seed,
+                       frame_noise_share=args.frame_noise_share)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

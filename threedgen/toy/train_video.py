@@ -38,6 +38,17 @@ def swap_direction(text: str) -> str:
     return motion_caption(scene, OPPOSITE[motion])
 
 
+def sweep_clips(captions: list[str], generator: torch.Generator) -> torch.Tensor:
+    """Indices of the clips that sweep one way (left, right, up, down) in random order: the clips whose opposite
+    direction is the same motion mirrored, so a gap between the two captions is the direction's sign alone
+    (a bouncing clip's "opposite", moving down, also differs in its path: with it the gap grew while left and
+    right were read alike; docs/4d.md)."""
+    from .video_dataset import parse_motion
+
+    order = torch.randperm(len(captions), generator=generator)
+    return order[torch.tensor([parse_motion(captions[int(i)])[1] != "bouncing" for i in order])]
+
+
 def direction_gap(unet, text_encoder, x0, ids, swapped_ids, acp, t_min: int = 700, seed: int = 0, t_max: int | None = None) -> dict:
     """Clean-clip error of held clips at high noise (t in [t_min, t_max)) with their caption and with the
     opposite direction: the prior follows the caption's direction only where the first is clearly below the second."""
@@ -126,7 +137,8 @@ def main(argv=None) -> None:
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--batch-size", type=int, default=4, help="clips per step")
     ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--embedding-lr-scale", type=float, default=10.0, help="learning-rate factor of the motion words' embeddings")
+    ap.add_argument("--embedding-lr-scale", type=float, default=10.0,
+                    help="learning-rate factor of the motion words' embeddings (0: frozen, which keeps a separated encoder separated)")
     ap.add_argument("--ema", type=float, default=0.995)
     ap.add_argument("--min-snr-gamma", type=float, default=5.0)
     ap.add_argument("--clips-per-pair", type=int, default=8, help="clips per (toy scene, motion) pair")
@@ -134,7 +146,11 @@ def main(argv=None) -> None:
     ap.add_argument("--high-noise-share", type=float, default=0.0, help="share of each batch drawn from the upper half of the noise levels")
     ap.add_argument("--x0-weight-cap", type=float, default=1.0, help="weight noisy levels as their clean-clip error, up to this factor (1: off)")
     ap.add_argument("--train-text-encoder", action="store_true", help="also train the text encoder's layers (the frozen ones pass the new words only faintly)")
-    ap.add_argument("--separate-motions", type=int, default=300, help="steps of motion-word separation of the text encoder before training (0: off; motion_text.py)")
+    ap.add_argument("--separate-motions", type=int, default=300,
+                    help="steps of motion-word separation of the text encoder before training (0: off; motion_text.py); "
+                         "with --frame-words on the per-frame captions")
+    ap.add_argument("--reseparate", action="store_true",
+                    help="also separate the text encoder of an --init-from export (its words may have drifted together)")
     ap.add_argument("--motion-margin", type=float, default=0.3, help="gap the separation opens between a scene's motion captions")
     ap.add_argument("--motion-init-std", type=float, default=0.0, help="start the motion modules' output projections at N(0, std) (0: exactly the image prior)")
     ap.add_argument("--direction-contrast", type=float, default=0.0,
@@ -193,11 +209,12 @@ def main(argv=None) -> None:
     ds = load_clip_dataset(args.cache_dir, args.clips_per_pair, seed=args.seed)
     clips = ds["clips"].float().div_(127.5).sub_(1.0)
     print(f"toy clips: {len(clips)} of {FRAMES} frames ({time.time() - t0:.0f} s incl. rendering if not cached)", flush=True)
-    if args.separate_motions > 0 and not resuming and init is None:  # a resumed run reloads the separated encoder instead
+    if args.separate_motions > 0 and not resuming and (init is None or args.reseparate):  # a resumed run reloads it instead
         from .motion_text import separate_motions
 
         text_report = separate_motions(tok, te, steps=args.separate_motions, margin=args.motion_margin, seed=args.seed,
-                                       log=lambda m: print(m, flush=True))
+                                       log=lambda m: print(m, flush=True),
+                                       templates=frame_captions("{prompt}") if args.frame_words else ("{prompt}",))
         print(f"motion words separated: gap {text_report['before']['motion']:.3f} -> {text_report['after']['motion']:.3f} "
               f"(colour {text_report['after']['colour']:.3f}; static captions drift {text_report['static_caption_drift']:.3f})", flush=True)
     captions = sorted(set(ds["captions"]))
@@ -246,7 +263,7 @@ def main(argv=None) -> None:
     if first is not None:
         print(f"curriculum: the first {args.curriculum_steps} steps draw from {len(first)} clips of {args.curriculum_scenes} scenes", flush=True)
     held = torch.Generator().manual_seed(12345)
-    held_idx = torch.randperm(len(clips), generator=held)[:32]
+    held_idx = sweep_clips(ds["captions"], held)[:32]
     swapped = caption_ids(tok, [swap_direction(ds["captions"][i]) for i in held_idx], args.frame_words)
     gap = None
 

@@ -2,7 +2,7 @@
 
     python -m threedgen.toy.video_gap /path/to/toy-video [--cache-dir DIR] [--clips 64]
 
-For held clips of the toy clip dataset, the clean-clip error of the prior's (EMA-exported) prediction
+For held clips of the toy clip dataset that sweep one way (not the bouncing ones), the clean-clip error of the prior's (EMA-exported) prediction
 under the clip's own caption and under the opposite direction ("moving left" vs "moving right";
 ``train_video.direction_gap``), in bands of noise levels. A prior that reads the direction has a clearly
 lower error under its caption, above all at the top levels, where the noisy clip shows nothing and the
@@ -25,7 +25,7 @@ def band_gaps(prior: Path, cache_dir: Path, clips: int = 64, draws: int = 2, ban
     from diffusers import UNetMotionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from .train_video import build_scheduler, caption_ids, direction_gap, swap_direction
+    from .train_video import build_scheduler, caption_ids, direction_gap, swap_direction, sweep_clips
     from .video_dataset import load_clip_dataset
 
     info = json.loads((prior / "training.json").read_text()) if (prior / "training.json").is_file() else {}
@@ -35,7 +35,7 @@ def band_gaps(prior: Path, cache_dir: Path, clips: int = 64, draws: int = 2, ban
     tok = CLIPTokenizer.from_pretrained(prior / "tokenizer")
     ds = load_clip_dataset(cache_dir, int(info.get("args", {}).get("clips_per_pair", 8)), seed=0)
     x0 = ds["clips"].float().div_(127.5).sub_(1.0)
-    idx = torch.randperm(len(x0), generator=torch.Generator().manual_seed(999))[:clips]
+    idx = sweep_clips(ds["captions"], torch.Generator().manual_seed(999))[:clips]
     caps = [ds["captions"][int(i)] for i in idx]
     ids = caption_ids(tok, caps, frame_words)
     opposite = caption_ids(tok, [swap_direction(c) for c in caps], frame_words)
