@@ -150,6 +150,15 @@ def test_prior_source_reads_a_caption_per_frame_with_frame_prompts(tmp_path):
     torch.testing.assert_close(states[4:], bundle.uncond.emb.expand(4, *states.shape[1:]))
     with pytest.raises(ValueError, match="4 templates"):
         anchor(source="prior", prior=PriorConfig(model=str(path)), frames=4, frame_prompts=templates[:2])
+    # frame_noise_share 1: the clip's frames start from one noise (clip_noise.py), 0: each from its own
+    for share in (1.0, 0.0):
+        g = anchor(source="prior", prior=PriorConfig(model=str(path)), frames=4, sample_steps=2, frame_noise_share=share)
+        seen.clear()
+        hook = g.prior.denoiser.register_forward_pre_hook(lambda m, a, kw: seen.append(a[0] if a else kw["sample"]), with_kwargs=True)
+        g.make_clip(bundle, g.own_cameras(CameraConfig()))
+        hook.remove()
+        x = seen[0]  # [2 (CFG), C, F, h, w]
+        assert torch.equal(x[:, :, 0], x[:, :, 3]) == (share == 1.0)
 
 
 def test_start_up_errors(tiny_sd_path, tmp_path):

@@ -41,7 +41,8 @@ class ClipAnchorGuidance(Guidance):
     @dataclass
     class Config:
         RANGES = {"frames": (1, 256), "mask_weight": (0, None), "sample_steps": (1, 1000), "guidance_scale": (0, None),
-                  "elevation": (-90, 90), "distance": (1e-6, None), "fovy": (1e-3, 179.999), "tolerance": (0, 1)}
+                  "elevation": (-90, 90), "distance": (1e-6, None), "fovy": (1e-3, 179.999), "tolerance": (0, 1),
+                  "frame_noise_share": (0, 1)}
         source: str = "prior"
         """'prior' (sample the clip from ``prior``), 'toy' (the toy world's clip) or a video file / frame folder."""
         prior: Optional[PriorConfig] = None
@@ -64,6 +65,10 @@ class ClipAnchorGuidance(Guidance):
         sample_steps: int = 30
         guidance_scale: float = 7.5
         sample_seed: int = 0
+        frame_noise_share: float = 0.0
+        """``source: prior``: share of the starting noise's variance common to the clip's frames (``clip_noise.py``; 0:
+        independent frames, as a video model with temporal layers samples; near 1 for a prior whose frames are
+        denoised on their own)."""
         frame_prompts: list[str] = field(default_factory=list)
         """``source: prior``: one caption template per frame with ``{prompt}`` for a prior that reads a caption per
         frame (``guidance/frame_prompts.py``; a ``--frame-words`` toy video prior: ``"{prompt} frame zero"`` …); empty: one per clip."""
@@ -143,7 +148,8 @@ class ClipAnchorGuidance(Guidance):
             if c.frame_prompts:
                 cond, uncond = frame_conditioning(self.prior, [prompts.text], c.frame_prompts), per_frame(uncond, c.frames)
             g = torch.Generator().manual_seed(int(c.sample_seed))
-            clip = self.prior.sample(cond, uncond, c.guidance_scale, n_steps=c.sample_steps, generator=g, frames=c.frames)
+            clip = self.prior.sample(cond, uncond, c.guidance_scale, n_steps=c.sample_steps, generator=g, frames=c.frames,
+                                     frame_noise_share=c.frame_noise_share)
             rgb, mask = prepare_clip(clip[0].transpose(0, 1).cpu(), c.frames, W, H, c.background, c.tolerance)
         else:
             from ..data.clip_files import read_clip
