@@ -195,6 +195,27 @@ def test_direction_hinge_asks_for_a_margin_and_then_lets_go(tmp_path, clip_cache
         main(["--direction-contrast", "-1", "--out", str(tmp_path / "x")])
 
 
+def test_direction_hinge_on_single_frames_reads_the_opposite_frame_caption(tmp_path, clip_cache, monkeypatch):
+    from diffusers import UNetMotionModel
+
+    from threedgen.toy.train_video import main
+    from threedgen.toy.video_dataset import FRAMES
+
+    seen, real = [], UNetMotionModel.forward
+
+    def spy(self, sample, timestep, encoder_hidden_states, **kw):  # records what the real forward is given
+        seen.append((sample.detach().clone(), encoder_hidden_states.detach().clone()))
+        return real(self, sample, timestep, encoder_hidden_states, **kw)
+
+    monkeypatch.setattr(UNetMotionModel, "forward", spy)
+    main(["--steps", "1", "--frame-steps", "1", "--clips-per-pair", "1", "--batch-size", "2", "--out", str(tmp_path / "h"),
+          "--cache-dir", str(clip_cache), "--separate-motions", "0", "--frame-words", "--direction-contrast", "1.0"])
+    (x, enc), (x_opp, enc_opp) = seen[:2]  # the step's two passes, then the held-out gap's
+    assert x.shape == (2 * FRAMES, 3, 1, 32, 32) and 0 < len(x_opp) <= len(x)
+    rows = [next(i for i in range(len(x)) if torch.equal(x[i], xo)) for xo in x_opp]  # the same noisy frames ...
+    assert all(not torch.equal(enc[i], eo) for i, eo in zip(rows, enc_opp))  # ... under another caption
+
+
 def test_curriculum_draws_every_motion_of_the_chosen_scenes_only(tmp_path, clip_cache):
     from threedgen.toy.train_video import curriculum_clips, main
 

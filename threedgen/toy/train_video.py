@@ -154,7 +154,8 @@ def main(argv=None) -> None:
     ap.add_argument("--motion-margin", type=float, default=0.3, help="gap the separation opens between a scene's motion captions")
     ap.add_argument("--motion-init-std", type=float, default=0.0, help="start the motion modules' output projections at N(0, std) (0: exactly the image prior)")
     ap.add_argument("--direction-contrast", type=float, default=0.0,
-                    help="weight of the direction hinge (the clip under its caption vs the opposite direction; 0: off, doubles the step's cost)")
+                    help="weight of the direction hinge (a clip, or a single frame, under its caption vs the opposite "
+                         "direction's; 0: off, doubles the step's cost)")
     ap.add_argument("--direction-margin", type=float, default=0.1, help="relative margin of the direction hinge")
     ap.add_argument("--curriculum-scenes", type=int, default=0,
                     help="first draw clips of only this many toy scenes (every motion of each; 0: off)")
@@ -162,8 +163,8 @@ def main(argv=None) -> None:
     ap.add_argument("--frame-words", action="store_true",
                     help="per-frame captions: each frame's caption ends in its index ('... frame three'; video_dataset.frame_captions)")
     ap.add_argument("--frame-steps", type=int, default=0,
-                    help="first train this many steps on single frames (batch-size x frames of them, each with its own "
-                         "caption; needs --frame-words), then on clips")
+                    help="first train this many steps on single frames (batch-size x frames of them, each from its own clip "
+                         "with its frame's caption; needs --frame-words), then on clips")
     ap.add_argument("--bf16", action="store_true",
                     help="run the UNet's training passes under bfloat16 autocast (weights, optimiser and loss stay float32; "
                          "1.4x faster per step on one CPU thread)")
@@ -298,17 +299,16 @@ def main(argv=None) -> None:
             print(f"\nstopping at step {step}: reached --max-minutes {args.max_minutes}", flush=True)
             break
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        single = step < args.frame_steps  # single frames: batch-size x FRAMES of them, each from its own clip
+        n = args.batch_size * (FRAMES if single else 1)
         if first is not None and step < args.curriculum_steps:
-            idx = first[torch.randint(0, len(first), (args.batch_size,), generator=g)]
+            idx = first[torch.randint(0, len(first), (n,), generator=g)]
         else:
-            idx = torch.randint(0, len(clips), (args.batch_size,), generator=g)
-        x0 = clips[idx]
+            idx = torch.randint(0, len(clips), (n,), generator=g)
         cap = torch.where(torch.rand(len(idx), generator=g) < 0.1, torch.zeros_like(idx), cap_index[idx])
-        cap_ids, frames = ids[cap], FRAMES
-        if step < args.frame_steps:  # single frames: idx * FRAMES of them, each with its frame's caption
-            idx = idx.repeat_interleave(FRAMES)
+        x0, cap_ids, frames = clips[idx], ids[cap], FRAMES
+        if single:  # one random frame of each clip, read with that frame's caption
             fi = torch.randint(0, FRAMES, (len(idx),), generator=g)
-            cap = cap.repeat_interleave(FRAMES)
             x0, cap_ids, frames = clips[idx, :, fi][:, :, None], ids[cap, fi][:, None], 1
         noise = torch.randn(x0.shape, generator=g)
         t = draw_timesteps(len(idx), sched.config.num_train_timesteps, args.high_noise_share, g)
@@ -324,9 +324,9 @@ def main(argv=None) -> None:
         err = (w * (pred - noise).pow(2)).flatten(1).mean(1)  # per clip
         loss = err.mean()
         opp = opposite_index[cap]
-        if args.direction_contrast > 0 and frames == FRAMES and bool((opp > 0).any()):  # captioned clips whose opposite is a known caption
+        if args.direction_contrast > 0 and bool((opp > 0).any()):  # captioned clips whose opposite is a known caption
             keep = opp > 0
-            enc_opp = per_frame(te, ids[opp[keep]], FRAMES)
+            enc_opp = per_frame(te, ids[opp[keep], fi[keep]][:, None] if single else ids[opp[keep]], frames)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
                 pred_opp = unet(xt[keep], t[keep], encoder_hidden_states=enc_opp).sample.float()
             err_opp = (w[keep] * (pred_opp - noise[keep]).pow(2)).flatten(1).mean(1)
