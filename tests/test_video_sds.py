@@ -136,3 +136,21 @@ def test_clip_noise_shares_the_asked_part_of_each_frames_variance(motion_path):
              for s in (0.0, 1.0)]
     spread = [float((c - c.mean(2, keepdim=True)).abs().mean()) for c in clips]
     assert clips[0].shape == (1, 3, 4, *clips[0].shape[-2:]) and spread[1] < 0.5 * spread[0]  # frames start alike
+
+
+def test_shared_frame_noise_noises_alike_frames_alike(video_path):
+    """``frame_noise_share: 1``: a clip of identical renders is noised identically in every frame (clip_noise.py)."""
+    seen = []
+    for share in (1.0, 0.0):
+        g = build_module("guidance", {"name": "video_sds", "frames": 4, "frame_noise_share": share, "view_dependent": False,
+                                      "prior": {"model": str(video_path), "device": "cpu", "encode_mode": "mean"}})
+        bundle = PromptProcessor(PromptProcessor.Config(prompt="a cube", view_dependent=False)).bundle(g.prior)
+        hook = g.prior.denoiser.register_forward_pre_hook(lambda m, a, kw: seen.append(a[0] if a else kw["sample"]), with_kwargs=True)
+        _, cams = _batch(clips=1)
+        rgb = torch.rand(1, 3, 16, 16).expand(4, 3, 16, 16).clone().requires_grad_(True)  # one still frame, 4 times
+        g(GuidanceInput(rgb=rgb, cameras=cams), bundle, 0)
+        hook.remove()
+        x = seen[-1]  # [2 (CFG) x 1 clip, C, F, h, w]
+        assert torch.allclose(x[:, :, 0], x[:, :, 3], atol=1e-6) == (share == 1.0)
+    with pytest.raises(ValueError, match=r"frame_noise_share is a share .* got 2"):
+        _guidance(video_path, frame_noise_share=2)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .base import GuidanceInput, surrogate
+from .clip_noise import clip_noise
 from .frame_prompts import check_frame_prompts, frame_conditioning, per_frame
 from .score import ScoreGuidance
 
@@ -41,10 +42,15 @@ class VideoSDSGuidance(ScoreGuidance):
         reads ``frame_prompts[k]`` with the run's prompt (its view prompt when ``view_dependent``) filled in, e.g. a
         toy video prior trained with ``--frame-words`` reads ``"{prompt} frame zero"`` … ``"{prompt} frame seven"``.
         Needs a prior that reads a caption per frame (``UNetMotionModel``); empty: one caption per clip."""
+        frame_noise_share: float = 0.0
+        """Share of the added noise's variance common to a clip's frames (``clip_noise.py``): near 1 the frames'
+        gradients differ only where their renders and captions do, for a prior whose frames are denoised on their own."""
 
     def __init__(self, cfg: "VideoSDSGuidance.Config", prior=None):
         if cfg.frames < 1 or cfg.grad_frames < 0 or cfg.grad_frames > cfg.frames:
             raise ValueError(f"video_sds: frames must be >= 1 and 0 <= grad_frames <= frames, got {cfg.frames} and {cfg.grad_frames}")
+        if not 0.0 <= cfg.frame_noise_share <= 1.0:
+            raise ValueError(f"video_sds: frame_noise_share is a share of the noise's variance in [0, 1], got {cfg.frame_noise_share}")
         if cfg.motion_amplification < 0:
             raise ValueError(f"video_sds: motion_amplification must be >= 0 (1: off), got {cfg.motion_amplification}")
         super().__init__(cfg, prior)
@@ -87,7 +93,7 @@ class VideoSDSGuidance(ScoreGuidance):
     @torch.no_grad()
     def clip_gradient(self, z: torch.Tensor, t: torch.Tensor, prompts, first_views) -> torch.Tensor:
         """``g`` on clips ``z`` ``[N,C,F,h,w]`` at levels ``t`` ``[N]``, motion-amplified."""
-        eps = torch.randn_like(z)
+        eps = clip_noise(z.shape, self.cfg.frame_noise_share).to(z)
         x_t = self.prior.add_noise(z.detach(), eps, t)
         cond, uncond = prompts.select(first_views, self.cfg.view_dependent)
         if self.cfg.frame_prompts:
