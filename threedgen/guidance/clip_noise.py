@@ -12,15 +12,16 @@ from typing import Optional
 import torch
 
 
-def clip_noise(shape, share: float = 0.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def clip_noise(shape, share: float = 0.0, generator: Optional[torch.Generator] = None, device=None, dtype=None) -> torch.Tensor:
     """Gaussian noise ``[B,C,F,H,W]`` whose frames share ``share`` of their (unit) variance:
     ``sqrt(share)·ε_clip + sqrt(1 − share)·ε_frame`` (PYoCo's mixed noise prior). Each frame is still
     standard normal, so any sampler takes it; at 0 the frames are independent, at 1 they start
-    alike, which keeps one object across the frames of a prior whose frames are denoised on their own."""
+    alike, which keeps one object across the frames of a prior whose frames are denoised on their own.
+    Drawn on ``device`` (a training step's noise stays where its clip is)."""
     if not 0.0 <= float(share) <= 1.0:
         raise ValueError(f"frame_noise_share is a share of the noise's variance in [0, 1], got {share}")
-    eps = torch.randn(shape, generator=generator)
+    eps = torch.randn(shape, generator=generator, device=device, dtype=dtype)
     if share == 0.0:
         return eps
-    common = torch.randn((*shape[:2], 1, *shape[3:]), generator=generator)
+    common = torch.randn((*shape[:2], 1, *shape[3:]), generator=generator, device=device, dtype=dtype)
     return float(share) ** 0.5 * common + (1.0 - float(share)) ** 0.5 * eps

@@ -395,4 +395,3 @@ def repeat_cameras(cameras, n: int):
 
 
 __all__ = ["CLEAN", "Conditioning", "NoiseLevels", "Prediction", "Prior", "as_conditioning", "parameterise", "repeat_cameras", "to_prediction"]
-

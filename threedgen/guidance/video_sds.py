@@ -93,7 +93,7 @@ class VideoSDSGuidance(ScoreGuidance):
     @torch.no_grad()
     def clip_gradient(self, z: torch.Tensor, t: torch.Tensor, prompts, first_views) -> torch.Tensor:
         """``g`` on clips ``z`` ``[N,C,F,h,w]`` at levels ``t`` ``[N]``, motion-amplified."""
-        eps = clip_noise(z.shape, self.cfg.frame_noise_share).to(z)
+        eps = clip_noise(z.shape, self.cfg.frame_noise_share, device=z.device, dtype=z.dtype)
         x_t = self.prior.add_noise(z.detach(), eps, t)
         cond, uncond = prompts.select(first_views, self.cfg.view_dependent)
         if self.cfg.frame_prompts:

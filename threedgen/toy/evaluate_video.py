@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--guidance-scale", type=float, default=7.5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--frame-noise-share", type=float, default=0.0,
-                    help="share of the starting noise's variance common to a clip's frames (prior_api.clip_noise; 0: independent)")
+                    help="share of the starting noise's variance common to a clip's frames (guidance/clip_noise.py; 0: independent)")
     ap.add_argument("--out", default=None, help="write the report here (JSON)")
     args = ap.parse_args(argv)
     if not 0.0 <= args.frame_noise_share <= 1.0:

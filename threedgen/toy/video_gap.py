@@ -2,8 +2,8 @@
 
     python -m threedgen.toy.video_gap /path/to/toy-video [--cache-dir DIR] [--clips 64]
 
-For held clips of the toy clip dataset that sweep one way (not the bouncing ones), the clean-clip error of the prior's (EMA-exported) prediction
-under the clip's own caption and under the opposite direction ("moving left" vs "moving right";
+For held clips of the toy clip dataset that sweep one way (not the bouncing ones), the clean-clip error of
+the prior's (EMA-exported) prediction under the clip's own caption and under the opposite direction ("moving left" vs "moving right";
 ``train_video.direction_gap``), in bands of noise levels. A prior that reads the direction has a clearly
 lower error under its caption, above all at the top levels, where the noisy clip shows nothing and the
 caption alone can say where the object is in each frame; docs/4d.md reads these numbers. Per-frame
