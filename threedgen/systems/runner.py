@@ -302,24 +302,10 @@ def test_renders(system, cfg: RunConfig, run_dir: Path) -> Path:
         save_png(folder / f"frame{i:03d}.png", f)
     save_video(folder / "orbit.mp4", frames)
     save_png(folder / "orbit.png", make_grid([list(rgb[: len(rgb) // 2]), list(rgb[len(rgb) // 2 :])]))
-    if hasattr(system.representation, "at_time"):  # a moving scene: an orbit through time, and time from the front
-        from ..data.cameras import clip_times, still_cameras
+    if hasattr(system.representation, "at_time"):  # a moving scene: an orbit through time, time from the front
+        from .time_renders import time_renders
 
-        n = len(cams)
-        t = (torch.arange(n, dtype=torch.float32) * 2 / max(n - 1, 1)) % 1.0  # two passes through time per orbit
-        orbit = torch.cat([o.rgb for o in system.render_views(orbit_cameras(cfg.data, n, cfg.trainer.test_resolution, time=t))])
-        save_video(folder / "orbit_time.mp4", [to_uint8(im) for im in orbit.cpu()])
-        front = still_cameras(cfg.data, clip_times(cfg.export.frames), cfg.trainer.test_resolution)
-        still = torch.cat([o.rgb for o in system.render_views(front)]).cpu()
-        save_video(folder / "time_front.mp4", [to_uint8(im) for im in still])
-        save_png(folder / "time_front.png", make_grid([list(still)]))
-        from ..guidance.clip_anchor import clip_and_scene
-
-        anchored = clip_and_scene(system)
-        if anchored is not None:  # a clip-anchored scene: the clip above, the scene from the clip's camera below
-            k = max(1, cfg.trainer.test_resolution // anchored[0].shape[-1])  # shown at the test renders' size
-            up = [torch.nn.functional.interpolate(a, scale_factor=k, mode="nearest") for a in anchored]
-            save_png(folder / "anchor.png", make_grid([list(up[0]), list(up[1])]))
+        time_renders(system, cfg, folder, cams)
     if hasattr(system, "before_after"):  # a scene edit: the scene before and after, side by side
         before, after = system.before_after(cams)
         save_video(folder / "before_after.mp4", [to_uint8(torch.cat([b, a], -1)) for b, a in zip(before, after)])
