@@ -37,6 +37,9 @@ def test_shards_record_skip_and_merge(tmp_path, capsys, toy_prior_present):
     row = json.loads((tmp_path / "rows" / f"{job_key(NAME, 'a blue sphere', 0)}.json").read_text())
     assert 0.0 <= row["iou"] <= 1.0 and row["seed"] == 0 and row["recipe"] == NAME and "particle_diversity" not in row
     assert row["recipe_file"] == "configs/toy/sds-nerf.yaml" and row["overrides"] == TINY
+    # each seed trains in its own folder: shards running one prompt at different seeds at once cannot
+    # take each other's run for their own (they once could: the newest folder of the prompt was taken)
+    assert Path(row["run"]).parents[1] == tmp_path / "runs" / "seed0", row["run"]
 
     # a row made by other weights is stale: merge leaves it out and its shard runs it again
     stale = tmp_path / "rows" / f"{job_key(NAME, 'a red cube', 0)}.json"

@@ -91,7 +91,10 @@ def score(rgb: torch.Tensor, alpha: torch.Tensor, scene: W.ToyScene, classifier=
 
 
 def run_one(recipe: Path, prompt: str, seed: int, out_dir: Path, overrides: list[str]) -> tuple[Path, float, float]:
-    """Train in a child process; returns (run folder, wall seconds, peak RSS in MB)."""
+    """Train in a child process; returns (run folder, wall seconds, peak RSS in MB). Each seed trains under
+    its own ``out_dir/seed<k>``, so shards (or benches) sharing ``out_dir`` that run the same prompt at once
+    never take each other's run folder for their own (``job_run_folder``)."""
+    out_dir = out_dir / f"seed{seed}"
     args = [
         sys.executable, str(REPO / "launch.py"), "--config", str(recipe), "--train", "-q",
         f"system.prompt={prompt}", f"seed={seed}", f"output_dir={out_dir}", "trainer.export_at_end=false",
@@ -104,11 +107,17 @@ def run_one(recipe: Path, prompt: str, seed: int, out_dir: Path, overrides: list
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{recipe.name} on {prompt!r} seed {seed} failed:\n{err[-2000:]}")
+    return job_run_folder(out_dir, recipe, prompt), wall, usage.ru_maxrss / 1024
+
+
+def job_run_folder(out_dir: Path, recipe: Path, prompt: str) -> Path:
+    """The newest run of ``prompt`` under ``out_dir`` (one job's own folder: a rerun's run is the newest)."""
     from ..systems.runner import slugify
 
-    name = _recipe_name(recipe)
-    runs = sorted((out_dir / name).glob(f"{slugify(prompt)}@*"))
-    return runs[-1], wall, usage.ru_maxrss / 1024
+    runs = sorted((out_dir / _recipe_name(recipe)).glob(f"{slugify(prompt)}@*"))
+    if not runs:
+        raise RuntimeError(f"{recipe.name} on {prompt!r} left no run folder under {out_dir}")
+    return runs[-1]
 
 
 def _recipe_name(recipe: Path) -> str:
