@@ -9,11 +9,8 @@ from pathlib import Path
 
 import torch
 
+from threedgen.config import build_module
 from threedgen.data.cameras import clip_times, make_cameras, still_cameras
-from threedgen.guidance.clip_noise import clip_noise
-from threedgen.guidance.frame_prompts import frame_conditioning, per_frame
-from threedgen.guidance.model_folder import PriorConfig
-from threedgen.guidance.priors import get_prior
 from threedgen.prompts.processor import PromptProcessor
 from threedgen.toy import world as W
 from threedgen.toy.evaluate_video import classify_motion
@@ -25,34 +22,29 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "toy" / "4d-gaussian.yaml"
 
 
-def _still_cube(prior, shift_x: float):
+def _still_cube(guidance, shift_x: float):
     """The toy world's red cube, not moving, from the front at 8 times, moved by ``shift_x`` along world x;
-    in the prior's space ``[1,C,8,h,w]``."""
+    in the prior's space ``[1,C,8,h,w]`` (``video_sds.clips``)."""
     cams = moved_cameras(make_cameras(torch.full((8,), 10.0), torch.zeros(8), 2.0, 52.0, 32, 32),
                          torch.tensor([[shift_x, 0.0, 0.0]]).expand(8, 3))
-    rgb = render_scene([W.parse_prompt("a red cube")] * 8, cams, ssaa=2)["rgb"]
-    return prior.encode(rgb).transpose(0, 1)[None]
+    return guidance.clips(render_scene([W.parse_prompt("a red cube")] * 8, cams, ssaa=2)["rgb"]), cams
 
 
 def test_video_sds_gradient_on_a_still_cube_points_the_caption_way():
-    """Frame by frame, -g . dI/dx (the pull along world x that video SDS puts on a still centred cube) is
-    positive at the clip's start and negative at its end for "moving left" (the clip starts right of centre
-    and ends left of it, video_dataset.offsets), and the other way round for "moving right"."""
+    """Frame by frame, -g . dI/dx (the pull along world x that video SDS, as the recipe configures it, puts on a
+    still centred cube) is positive at the clip's start and negative at its end for "moving left" (the clip
+    starts right of centre and ends left of it, video_dataset.offsets), and the other way round for "moving right"."""
     torch.manual_seed(0)
-    prior = get_prior(PriorConfig(model=str(ROOT / "assets" / "toy-video"), device="cpu"))
-    z, d = _still_cube(prior, 0.0), 0.05
-    dz = (_still_cube(prior, d) - _still_cube(prior, -d)) / (2 * d)
-    level = torch.tensor([prior.levels.at(0.5)])
-    a, b = prior.alpha_sigma(level, 5)
+    g = build_module("guidance", {"name": "video_sds", "prior": {"model": str(ROOT / "assets" / "toy-video"), "device": "cpu"},
+                                  "frames": 8, "view_dependent": False, "frame_prompts": frame_captions("{prompt}"),
+                                  "frame_noise_share": 0.9, "guidance_scale": 7.5, "weighting": "sds"})
+    with torch.no_grad():
+        (z, cams), d = _still_cube(g, 0.0), 0.05
+        dz = (_still_cube(g, d)[0] - _still_cube(g, -d)[0]) / (2 * d)
+    level = torch.tensor([g.prior.levels.at(0.5)])
     for motion, sign in (("moving left", 1.0), ("moving right", -1.0)):
-        text = f"a red cube {motion}"
-        cond = frame_conditioning(prior, [text], frame_captions("{prompt}"))
-        uncond = per_frame(PromptProcessor(PromptProcessor.Config(prompt=text, view_dependent=False)).bundle(prior).uncond, 8)
-        pull = torch.zeros(8)
-        for _ in range(6):
-            eps = clip_noise(z.shape, 0.9)
-            pred = prior.predict_guided(prior.add_noise(z, eps, level), level, cond, uncond, 7.5)
-            pull -= (b**2 * (pred.eps - eps) * dz).sum((0, 1, 3, 4))
+        prompts = PromptProcessor(PromptProcessor.Config(prompt=f"a red cube {motion}", view_dependent=False)).bundle(g.prior)
+        pull = -sum((g.clip_gradient(z, level, prompts, cams[:1]) * dz).sum((0, 1, 3, 4)) for _ in range(6))
         assert sign * pull[:3].mean() > 0 > sign * pull[-3:].mean(), (motion, pull)
 
 

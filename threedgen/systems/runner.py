@@ -305,7 +305,7 @@ def test_renders(system, cfg: RunConfig, run_dir: Path) -> Path:
     if hasattr(system.representation, "at_time"):  # a moving scene: an orbit through time, time from the front
         from .time_renders import time_renders
 
-        time_renders(system, cfg, folder, cams)
+        time_renders(system, cfg, folder)
     if hasattr(system, "before_after"):  # a scene edit: the scene before and after, side by side
         before, after = system.before_after(cams)
         save_video(folder / "before_after.mp4", [to_uint8(torch.cat([b, a], -1)) for b, a in zip(before, after)])

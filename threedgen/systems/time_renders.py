@@ -44,14 +44,14 @@ def trail(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def time_renders(system, cfg, folder: Path, orbit_cams) -> None:
+def time_renders(system, cfg, folder: Path) -> None:
     """``orbit_time.mp4``, ``time_front.mp4`` / ``time_front.png`` and, for a clip-anchored scene, ``anchor.png``."""
     from ..data.cameras import clip_times, orbit_cameras, still_cameras
     from ..guidance.clip_anchor import clip_and_scene
     from ..utils.images import make_grid, save_png, save_video, to_uint8
 
     res = cfg.trainer.test_resolution
-    n = len(orbit_cams)
+    n = cfg.trainer.test_views  # as many as the still orbit's
     t = (torch.arange(n, dtype=torch.float32) * 2 / max(n - 1, 1)) % 1.0  # two passes through time per orbit
     orbit = torch.cat([o.rgb for o in system.render_views(orbit_cameras(cfg.data, n, res, time=t))])
     save_video(folder / "orbit_time.mp4", [to_uint8(im) for im in orbit.cpu()])
