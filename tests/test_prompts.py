@@ -160,3 +160,28 @@ def test_remove_for_image_keeps_the_motion_for_a_video_prior(tiny_sd_path, tiny_
     assert plain.bundle(video).text == "a red cube"
     with pytest.raises(ValueError, match="remove_for must be 'all' or 'image'"):
         PromptProcessor(PromptProcessor.Config(prompt="x", remove_for="video"))
+
+
+def test_negative_swaps_make_the_reversed_prompt_the_negative_where_the_prior_reads_the_phrase(tiny_sd_path, tiny_video_path):
+    """With ``negative_swaps`` the video prior's negative is the prompt with its motion reversed (a contrastive
+    negative), the image prior's, which reads the prompt without the motion, stays the configured one."""
+    from threedgen.guidance.model_folder import PriorConfig
+    from threedgen.guidance.priors import get_prior
+    from threedgen.prompts.processor import swap_phrases
+
+    pairs = [("moving left", "moving right"), ("moving up", "moving down")]
+    assert swap_phrases("a red cube moving up", pairs) == "a red cube moving down"
+    assert swap_phrases("a red cube moving right past a cube moving left", pairs) == "a red cube moving left past a cube moving right"
+    assert swap_phrases("a red cube bouncing", pairs) == "a red cube bouncing"
+    assert swap_phrases("a red cube moving upwards", pairs) == "a red cube moving upwards"
+    cfg = PromptProcessor.Config(prompt="a red cube moving up", remove=["moving up"], remove_for="image", use_cache=False,
+                                 negative_prompt="blurry", negative_swaps=pairs)
+    pp = PromptProcessor(cfg)
+    image, video = (get_prior(PriorConfig(model=str(p), device="cpu")) for p in (tiny_sd_path, tiny_video_path))
+    vb, ib = pp.bundle(video), pp.bundle(image)
+    assert (vb.text, vb.negative_text) == ("a red cube moving up", "a red cube moving down")
+    assert (ib.text, ib.negative_text) == ("a red cube", "blurry")
+    down = PromptProcessor(PromptProcessor.Config(prompt="a red cube moving down", use_cache=False)).bundle(video)
+    assert torch.equal(vb.uncond.emb, down.cond.emb) and not torch.equal(vb.uncond.emb, vb.null.emb)
+    with pytest.raises(ValueError, match="negative_swaps must be pairs of two different phrases"):
+        PromptProcessor(PromptProcessor.Config(prompt="x", negative_swaps=[("up", "up")]))

@@ -32,7 +32,7 @@ import torch
 
 from ..data.cameras import CameraBatch, CameraConfig, clip_times, make_cameras
 from .base import Guidance, GuidanceInput
-from .frame_prompts import check_frame_prompts, frame_conditioning, per_frame
+from .frame_prompts import check_frame_prompts, frame_conditioning, frame_uncond
 from .model_folder import PriorConfig
 from .photometric import match_images
 
@@ -146,7 +146,8 @@ class ClipAnchorGuidance(Guidance):
 
             cond, uncond = prompts.select(cameras[:1], False)
             if c.frame_prompts:
-                cond, uncond = frame_conditioning(self.prior, [prompts.text], c.frame_prompts), per_frame(uncond, c.frames)
+                cond = frame_conditioning(self.prior, [prompts.text], c.frame_prompts)
+                uncond = frame_uncond(self.prior, prompts.negative_text, c.frame_prompts, uncond)
             g = torch.Generator().manual_seed(int(c.sample_seed))
             clip = self.prior.sample(cond, uncond, c.guidance_scale, n_steps=c.sample_steps, generator=g, frames=c.frames,
                                      frame_noise_share=c.frame_noise_share)

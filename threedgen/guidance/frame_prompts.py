@@ -29,6 +29,15 @@ def frame_conditioning(prior, texts, templates) -> Conditioning:
     return emb.map(lambda e: e.reshape(len(texts), len(templates), *e.shape[1:]))
 
 
+def frame_uncond(prior, negative_text: str, templates, uncond: Conditioning) -> Conditioning:
+    """The CFG branch paired with per-frame captions, ``[len(uncond), F, L, D]``: the negative prompt's own frame
+    captions when there is one (a contrastive negative such as the reversed motion must name the frame too),
+    else ``uncond`` ``[N,L,D]`` (the empty prompt's) repeated per frame."""
+    if negative_text:
+        return frame_conditioning(prior, [negative_text], templates).expand(len(uncond))
+    return per_frame(uncond, len(templates))
+
+
 def per_frame(cond: Conditioning, frames: int) -> Conditioning:
     """A one-caption-per-clip conditioning ``[N,L,D]`` as ``[N,F,L,D]`` (the branch a per-frame one is paired with)."""
     return cond.map(lambda e: e[:, None].expand(e.shape[0], frames, *e.shape[1:]))

@@ -24,7 +24,7 @@ import torch
 
 from .base import GuidanceInput, surrogate
 from .clip_noise import clip_noise
-from .frame_prompts import check_frame_prompts, frame_conditioning, per_frame
+from .frame_prompts import check_frame_prompts, frame_conditioning, frame_uncond, per_frame
 from .score import ScoreGuidance
 
 
@@ -60,6 +60,7 @@ class VideoSDSGuidance(ScoreGuidance):
         if cfg.frame_prompts:
             check_frame_prompts(cfg.frame_prompts, cfg.frames, self.prior, "video_sds")
         self._frame_table = None  # (view texts, Conditioning [V,F,L,D])
+        self._negative_table = None  # (negative text, Conditioning [1,F,L,D])
 
     def clips(self, rgb: torch.Tensor) -> torch.Tensor:
         """Renders ``[N*F,3,H,W]`` -> model-space clips ``[N,C,F,h,w]``, gradient through ``grad_frames`` per clip."""
@@ -97,7 +98,7 @@ class VideoSDSGuidance(ScoreGuidance):
         x_t = self.prior.add_noise(z.detach(), eps, t)
         cond, uncond = prompts.select(first_views, self.cfg.view_dependent)
         if self.cfg.frame_prompts:
-            cond, uncond = self.frame_conditioning(prompts, first_views), per_frame(uncond, self.cfg.frames)
+            cond, uncond = self.frame_conditioning(prompts, first_views), self.frame_negative(prompts, uncond)
         pred = self.prior.predict_guided(x_t, t, cond, uncond, self.guidance_scale)
         g = self.weight(t, z.dim()) * (pred.eps - eps)
         m = self.cfg.motion_amplification
@@ -105,6 +106,14 @@ class VideoSDSGuidance(ScoreGuidance):
             mean = g.mean(2, keepdim=True)
             g = mean + m * (g - mean)
         return g
+
+    def frame_negative(self, prompts, uncond):
+        """``[N,F,L,D]``: the negative prompt's frame captions (embedded once), or ``uncond`` repeated per frame."""
+        if not prompts.negative_text:
+            return per_frame(uncond, self.cfg.frames)
+        if self._negative_table is None or self._negative_table[0] != prompts.negative_text:
+            self._negative_table = (prompts.negative_text, frame_uncond(self.prior, prompts.negative_text, self.cfg.frame_prompts, uncond[:1]))
+        return self._negative_table[1].to(uncond.emb.device).expand(len(uncond))
 
     def frame_conditioning(self, prompts, first_views):
         """``[N,F,L,D]``: each clip's frame captions, its (view) prompt put into ``frame_prompts``; embedded once per prompt."""

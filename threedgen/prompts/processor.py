@@ -60,6 +60,12 @@ class PromptProcessor:
         remove_for: str = "all"
         """Which priors get the prompt without ``remove``: "all", or "image" (a video prior reads the whole
         prompt, motion included, while the image priors of the same run read it without the motion)."""
+        negative_swaps: list[tuple[str, str]] = field(default_factory=list)
+        """Pairs of phrases, e.g. ``[[moving left, moving right], [moving up, moving down]]``: where the prompt (as
+        a prior reads it, after ``remove``) holds one of them, its negative prompt is the prompt with each such
+        phrase exchanged for its partner, replacing ``negative_prompt``. A contrastive negative: CFG then pushes
+        away from the opposite (the reversed motion) instead of from the empty prompt, which is what ties a
+        clip's early frames to the right start when the object could sit either way (``docs/4d.md``)."""
 
     def __init__(self, cfg: "PromptProcessor.Config"):
         if cfg.perp_neg and not cfg.view_dependent:
@@ -69,6 +75,11 @@ class PromptProcessor:
         self._whole = replace(cfg, remove=[]) if cfg.remove and cfg.remove_for == "image" else None
         if cfg.remove:
             cfg = replace(cfg, prompt=remove_phrases(cfg.prompt, cfg.remove))
+        if any(len(set(p)) != 2 or not all(w.strip() for w in p) for p in cfg.negative_swaps):
+            raise ValueError(f"prompt_processor.negative_swaps must be pairs of two different phrases, got {cfg.negative_swaps}")
+        swapped = swap_phrases(cfg.prompt, cfg.negative_swaps)
+        if swapped != cfg.prompt:
+            cfg = replace(cfg, negative_prompt=swapped)
         self.cfg = cfg
 
     @property
@@ -190,3 +201,14 @@ def remove_phrases(prompt: str, phrases) -> str:
     for ph in sorted(phrases, key=len, reverse=True):
         prompt = re.sub(rf"(?<!\w){re.escape(ph.strip())}(?!\w)", " ", prompt)
     return " ".join(prompt.split())
+
+
+def swap_phrases(prompt: str, pairs) -> str:
+    """``prompt`` with every phrase of ``pairs`` that stands in it as whole words exchanged for its partner."""
+    import re
+
+    table = {a.strip(): b.strip() for a, b in pairs} | {b.strip(): a.strip() for a, b in pairs}
+    if not table:
+        return prompt
+    pattern = "|".join(re.escape(k) for k in sorted(table, key=len, reverse=True))
+    return re.sub(rf"(?<!\w)(?:{pattern})(?!\w)", lambda m: table[m.group(0)], prompt)
