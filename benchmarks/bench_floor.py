@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from threedgen.utils.allocator import keep_freed_memory
+
 TOY = ["configs/toy/sds-nerf.yaml", "configs/toy/sds-gaussian.yaml", "configs/toy/vsd-nerf.yaml", "configs/toy/cds-nerf.yaml"]
 FULL = ["configs/dreamfusion-sd.yaml", "configs/gaussian-sds.yaml", "configs/prolificdreamer.yaml", "configs/consistent3d.yaml"]
 
@@ -201,6 +203,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every recipe")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as launch.py does
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     recipes = args.recipes or (FULL if args.full_size else TOY)
     folder = str(sd21_size_folder(Path(tempfile.mkdtemp()) / "sd21-size")) if args.full_size else args.model
@@ -215,7 +218,8 @@ def main() -> None:
         extra = model_overrides(raw, folder) if folder else []
         eager = None
         for compile_prior in ((False, True) if args.compile else (False,)):
-            m = bench(recipe, [*extra, *(compile_overrides(raw) if compile_prior else []), *args.overrides], args.steps, device)
+            m = bench(recipe, [f"threads={args.threads}", *extra, *(compile_overrides(raw) if compile_prior else []),
+                               *args.overrides], args.steps, device)
             if compile_prior:
                 compiled.append((Path(recipe).stem, eager, m))
             else:

@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from .config import ConfigError, load_config
     from .systems.health import NonFiniteError
+    from .utils.allocator import keep_freed_memory
     from .utils.atomic import DiskError
+
+    keep_freed_memory()
 
     try:
         check_gpus(args.gpu)

@@ -18,7 +18,9 @@ the pixel centres at +0.5, so the two paths agree and gsplat's ``DefaultStrategy
 ``gaussian_ids`` when packed) on both.
 
 Memory: each visible Gaussian is binned into the small square tiles its bounding box touches (as
-gsplat's ``isect_tiles``); the (tile, Gaussian) rows, sorted by tile then depth, are composited in
+gsplat's ``isect_tiles``), less the tiles none of whose pixel centres it reaches; the (tile, Gaussian)
+rows, sorted by tile then depth, are composited (``gaussian_composite.py``, whose backward is written
+out) in
 chunks of at most ``chunk_pairs`` (pixel, Gaussian) pairs with a segmented transmittance that
 carries across chunk boundaries. When more than one chunk is needed and gradients are on, each chunk runs
 under activation checkpointing, so peak memory stays about one chunk's worth in training as well.
@@ -34,9 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-ALPHA_THRESHOLD = 1.0 / 255.0
-T_MIN = 1e-4
-MAX_ALPHA = 0.999
+from .gaussian_composite import ALPHA_THRESHOLD, N_GEOM, CompositeRows, touching
 
 
 def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
@@ -141,11 +141,13 @@ def project(
     return Projection(means2d, conics, means_c[..., 2], opac, radii)
 
 
-def _tile_pairs(means2d, radii, cam, depths, n_cams, width, height, tile):
-    """Bin packed Gaussians into the tiles their bounding boxes touch (gsplat's ``isect_tiles``).
+def _tile_pairs(means2d, radii, cam, depths, geo, n_cams, width, height, tile, px, py, block):
+    """Bin packed Gaussians into the tiles their bounding boxes touch (gsplat's ``isect_tiles``), keeping
+    the (tile, Gaussian) rows whose Gaussian reaches a pixel centre of the tile (``touching``, in blocks of
+    ``block`` rows so memory stays bounded).
 
-    Returns (tile id per pair, Gaussian index per pair), sorted by tile and front to back within a
-    tile, and the tile grid size."""
+    Returns (tile id per row, Gaussian index per row), sorted by tile and front to back within a tile,
+    and the tile grid size."""
     tw, th = math.ceil(width / tile), math.ceil(height / tile)
     r = radii.to(means2d.dtype)
     m = means2d.detach()
@@ -161,32 +163,13 @@ def _tile_pairs(means2d, radii, cam, depths, n_cams, width, height, tile):
     local = torch.arange(int(n.sum()), device=means2d.device) - torch.repeat_interleave(start, n)
     wi = torch.repeat_interleave(w, n)
     tx, ty = x0[gid] + local % wi, y0[gid] + local // wi
-    tile_id = cam[gid] * (tw * th) + ty * tw + tx
+    centre = (torch.stack([tx, ty], 1).to(geo.dtype) + 0.5) * tile
+    hit = torch.cat([touching(geo.index_select(0, gid[i : i + block]), centre[i : i + block], px, py)
+                     for i in range(0, gid.numel(), block)]) if gid.numel() else gid.bool()
+    gid = gid[hit]
+    tile_id = cam[gid] * (tw * th) + ty[hit] * tw + tx[hit]
     tile_id, perm = torch.sort(tile_id, stable=True)
     return tile_id, gid[perm], (tw, th)
-
-
-def _composite_rows(carry, carry_mask, mx, my, ca, cb, cc, opac, feats, row_tile, first_row, px, py, n_tiles):
-    """Composite a run of (tile, Gaussian) rows sorted by tile then depth, each row evaluated on its
-    tile's P pixels. Transmittance is a segmented cumulative product, taken in log space in float64
-    (exclusive per tile via the cumulative sum at the tile's first row); ``carry`` [P] is the log
-    transmittance the first tile brings from the previous run (``carry_mask`` 1 if it continues).
-
-    Returns per-tile sums [U,P,D+1] (features, then alpha) and the last row's log transmittance [P].
-    """
-    dx = mx[:, None] - px  # [M,P]; mx, my are relative to their tile's corner, px, py [P] within a tile
-    dy = my[:, None] - py
-    sigma = dx * (0.5 * ca[:, None] * dx + cb[:, None] * dy) + (0.5 * cc[:, None]) * dy * dy
-    alpha = (opac[:, None] * torch.exp(-sigma)).clamp(max=MAX_ALPHA)
-    alpha = torch.where((sigma >= 0) & (alpha >= ALPHA_THRESHOLD), alpha, torch.zeros_like(alpha))
-    la = torch.log1p(-alpha).double()
-    cs = torch.cumsum(la, 0)
-    base = torch.where((first_row > 0)[:, None], cs[(first_row - 1).clamp_min(0)], torch.zeros_like(cs[:1]))
-    incl = cs - base + carry[None] * (carry_mask * (row_tile == 0).double())[:, None]
-    T_before = torch.exp(incl - la).to(alpha.dtype)
-    w = alpha * T_before * (incl > math.log(T_MIN))  # stop before the Gaussian that would end the pixel
-    vals = torch.cat([w[..., None] * feats[:, None, :], w[..., None]], -1)  # [M,P,D+1]
-    return vals.new_zeros(n_tiles, *vals.shape[1:]).index_add(0, row_tile, vals), incl[-1]
 
 
 def rasterize_packed(
@@ -205,16 +188,20 @@ def rasterize_packed(
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Front-to-back alpha compositing of visible Gaussians.
 
-    Returns (features [C,H,W,D], alphas [C,H,W,1], number of (pixel, Gaussian) pairs evaluated).
+    Returns (features [C,H,W,D], alphas [C,H,W,1], number of (pixel, Gaussian) pairs composited: those of
+    the (tile, Gaussian) rows that reach a pixel centre of their tile).
     """
     D, dev, dt = features.shape[-1], features.device, features.dtype
-    tile_ids, gid, (tw, th) = _tile_pairs(means2d, radii, camera_ids, depths, n_cameras, width, height, tile_size)
     P_tile = tile_size * tile_size
-    n_all, total = n_cameras * tw * th, tile_ids.numel()
-    ar = torch.arange(tile_size, device=dev, dtype=dt) + 0.5
+    ar = torch.arange(tile_size, device=dev, dtype=dt) + 0.5 - 0.5 * tile_size  # pixel centres from the tile's centre
     loc_y, loc_x = torch.meshgrid(ar, ar, indexing="ij")
     loc_x, loc_y = loc_x.reshape(-1), loc_y.reshape(-1)
     rows = max(1, chunk_pairs // P_tile)
+    # one gather per run of rows (and one scatter back in the backward) instead of one per attribute
+    attrs = torch.cat([means2d, conics, opacities[:, None], features], 1)
+    tile_ids, gid, (tw, th) = _tile_pairs(means2d, radii, camera_ids, depths, attrs.detach()[:, :N_GEOM], n_cameras,
+                                          width, height, tile_size, loc_x, loc_y, rows)
+    n_all, total = n_cameras * tw * th, tile_ids.numel()
     use_ckpt = torch.is_grad_enabled() and total > rows and any(
         t.requires_grad for t in (means2d, conics, opacities, features)
     )
@@ -223,18 +210,16 @@ def rasterize_packed(
     prev_tile = -1
     for s in range(0, total, rows):
         t_rows, g = tile_ids[s : s + rows], gid[s : s + rows]
+        local = t_rows % (tw * th)
+        centre = (torch.stack([local % tw, local // tw], 1).to(dt) + 0.5) * tile_size
         uniq, cnt = torch.unique_consecutive(t_rows, return_counts=True)
         row_tile = torch.repeat_interleave(torch.arange(uniq.numel(), device=dev), cnt)
-        first_row = (torch.cumsum(cnt, 0) - cnt)[row_tile]
-        local = t_rows % (tw * th)  # tile corner of every row: pixel offsets are then the same for all rows
-        x0, y0 = (local % tw * tile_size).to(dt), (local // tw * tile_size).to(dt)
         mask = torch.tensor(float(int(uniq[0]) == prev_tile), dtype=torch.float64, device=dev)
-        args = (carry, mask, means2d[g, 0] - x0, means2d[g, 1] - y0, conics[g, 0], conics[g, 1], conics[g, 2],
-                opacities[g], features[g], row_tile, first_row, loc_x, loc_y, uniq.numel())
+        args = (carry, mask, attrs.index_select(0, g), centre, row_tile, cnt, loc_x, loc_y)
         if use_ckpt:
-            sums, carry = checkpoint(_composite_rows, *args, use_reentrant=False)
+            sums, carry = checkpoint(CompositeRows.apply, *args, use_reentrant=False)
         else:
-            sums, carry = _composite_rows(*args)
+            sums, carry = CompositeRows.apply(*args)
         img = img.index_add(0, uniq, sums)
         prev_tile = int(uniq[-1])
     if total == 0:  # nothing visible: keep the output in the graph so a loss on it can still backward
