@@ -266,3 +266,19 @@ def test_compiled_denoiser_predicts_as_the_eager_one_and_hooks_stay_outside(tiny
     with pytest.raises(ValueError, match="compile and prior.cpu_offload"):
         DDPMPrior(PriorConfig(model=str(tiny_pixel_path), device="cpu", compile=True, cpu_offload=True))
     clear_prior_cache()
+
+
+def test_fast_dtype_is_bf16_only_where_the_cpu_computes_it(tiny_pixel_path, monkeypatch):
+    from threedgen.guidance import model_folder
+    from threedgen.guidance.model_folder import resolve_dtype
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_dtype("fast", gpu) is torch.float16 and resolve_dtype("auto", cpu) is torch.float32
+    monkeypatch.setattr(model_folder, "cpu_has_native_bf16", lambda: False)
+    assert resolve_dtype("fast", cpu) is torch.float32  # emulated bf16 would be slower than fp32
+    monkeypatch.setattr(model_folder, "cpu_has_native_bf16", lambda: True)
+    assert resolve_dtype("fast", cpu) is torch.bfloat16
+    clear_prior_cache()
+    prior = get_prior(PriorConfig(model=str(tiny_pixel_path), dtype="fast", device="cpu"))
+    assert prior.unet.dtype is torch.bfloat16
+    clear_prior_cache()

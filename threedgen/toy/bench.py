@@ -22,7 +22,8 @@ elevation 15 deg) and compared with the analytic render of the same cameras:
 - ``janus``: for marker prompts, the fraction of views where the classifier's "marker visible"
   disagrees with whether the true marker is visible (0 is right, 1 is the opposite everywhere);
 - ``cls_acc``: fraction of views the toy classifier labels with the prompt's shape and colour;
-- ``wall_s`` and ``peak_rss_mb`` of the training process.
+- ``wall_s`` and ``peak_rss_mb`` of the training process, which runs on one torch thread whatever the recipe
+  asks (``threads=1``; a shared override may say otherwise), so that shards can share the cores.
 Writes ``bench.csv``, ``bench.md``, ``claims.md`` (the papers' claims tested on the table,
 ``claims.py``) and ``grid.png`` (rows prompts, columns recipes) from every finished job in
 ``<out>/rows`` (this shard's and the others').
@@ -98,7 +99,7 @@ def run_one(recipe: Path, prompt: str, seed: int, out_dir: Path, overrides: list
     args = [
         sys.executable, str(REPO / "launch.py"), "--config", str(recipe), "--train", "-q",
         f"system.prompt={prompt}", f"seed={seed}", f"output_dir={out_dir}", "trainer.export_at_end=false",
-        "trainer.test_views=8", *overrides,
+        "trainer.test_views=8", "threads=1", *overrides,  # one thread per run: shards share the cores
     ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
