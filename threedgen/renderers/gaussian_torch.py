@@ -158,16 +158,18 @@ def _tile_pairs(means2d, radii, cam, depths, geo, n_cams, width, height, tile, p
     order = torch.argsort(depths.detach(), stable=True)  # expanding in depth order keeps it within tiles
     w = (x1 - x0)[order]
     n = (w * (y1 - y0)[order]).clamp_min(0)
-    gid = torch.repeat_interleave(order, n)
-    start = torch.cumsum(n, 0) - n
-    local = torch.arange(int(n.sum()), device=means2d.device) - torch.repeat_interleave(start, n)
-    wi = torch.repeat_interleave(w, n)
-    tx, ty = x0[gid] + local % wi, y0[gid] + local // wi
+    rows = torch.repeat_interleave(torch.arange(len(order), device=means2d.device), n)  # each row's Gaussian, in depth order
+    gid = order[rows]
+    local = torch.arange(len(rows), device=means2d.device) - (torch.cumsum(n, 0) - n)[rows]
+    wi = w[rows]
+    dy = torch.div(local, wi, rounding_mode="floor")
+    tx, ty = x0[gid] + (local - dy * wi), y0[gid] + dy
+    tile_id = (cam[gid] * th + ty) * tw + tx
     centre = (torch.stack([tx, ty], 1).to(geo.dtype) + 0.5) * tile
     hit = torch.cat([touching(geo.index_select(0, gid[i : i + block]), centre[i : i + block], px, py)
                      for i in range(0, gid.numel(), block)]) if gid.numel() else gid.bool()
-    gid = gid[hit]
-    tile_id = cam[gid] * (tw * th) + ty[hit] * tw + tx[hit]
+    keep = hit.nonzero().squeeze(1)
+    gid, tile_id = gid[keep], tile_id[keep]
     tile_id, perm = torch.sort(tile_id, stable=True)
     return tile_id, gid[perm], (tw, th)
 

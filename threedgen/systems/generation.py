@@ -336,7 +336,11 @@ def seed_step(seed: int, step: int, stream: int, rank: int = 0) -> None:
     s = ((int(seed) & 0xFFFFFFFF) << 34) | ((int(step) & 0xFFFFFFFF) << 2) | (stream & 3)
     if rank:  # the other ranks of a distributed run: their own draws (rank 0 keeps the single-process ones)
         s = (s * 1_000_003 + rank) & ((1 << 63) - 1)
-    torch.manual_seed(s)
+    # what torch.manual_seed does for the devices in use: it also queues a lazy seed (with a captured stack) for
+    # every device backend not initialised, ~1 ms a call twice a step on a CPU, and a queue that never drains
+    torch.default_generator.manual_seed(s)
+    if torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(s)
     random.seed(s)
     try:
         import numpy as np
