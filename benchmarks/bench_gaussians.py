@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from threedgen.config import from_dict
 from threedgen.data.cameras import make_cameras
@@ -32,12 +31,15 @@ def _sync(device):
 
 
 def trained_gaussians(ckpt: Path) -> Gaussians:
-    """The representation of a Gaussian run's checkpoint, built from the run's own config."""
-    raw = yaml.safe_load((ckpt.parent.parent / "config.yaml").read_text())
-    rep_cfg = {k: v for k, v in raw["system"]["representation"].items() if k != "name"}
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    rep = Gaussians(from_dict(Gaussians.Config, rep_cfg))
-    rep.load_state_dict({k[len("representation."):]: v for k, v in state.items() if k.startswith("representation.")})
+    """The representation of a Gaussian run's checkpoint, loaded as the project loads a run (its config.yaml)."""
+    from threedgen.config import load_config
+    from threedgen.systems.runner import load_system, plan_stages
+
+    run = ckpt.parent.parent
+    cfg, raw = load_config(run / "config.yaml")
+    threads = torch.get_num_threads()  # building the system applies the run's ``threads``; the bench keeps its own
+    rep = load_system(plan_stages(cfg, raw, run)[-1].cfg, ckpt).representation
+    torch.set_num_threads(threads)
     return rep
 
 

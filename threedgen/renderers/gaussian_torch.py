@@ -146,8 +146,8 @@ def _tile_pairs(means2d, radii, cam, depths, geo, n_cams, width, height, tile, p
     the (tile, Gaussian) rows whose Gaussian reaches a pixel centre of the tile (``touching``, in blocks of
     ``block`` rows so memory stays bounded).
 
-    Returns (tile id per row, Gaussian index per row), sorted by tile and front to back within a tile,
-    and the tile grid size."""
+    Returns (tile id per row, Gaussian index per row, tile centre per row [M,2] in pixels), sorted by tile
+    and front to back within a tile, and the tile grid size."""
     tw, th = math.ceil(width / tile), math.ceil(height / tile)
     r = radii.to(means2d.dtype)
     m = means2d.detach()
@@ -169,9 +169,9 @@ def _tile_pairs(means2d, radii, cam, depths, geo, n_cams, width, height, tile, p
     hit = torch.cat([touching(geo.index_select(0, gid[i : i + block]), centre[i : i + block], px, py)
                      for i in range(0, gid.numel(), block)]) if gid.numel() else gid.bool()
     keep = hit.nonzero().squeeze(1)
-    gid, tile_id = gid[keep], tile_id[keep]
-    tile_id, perm = torch.sort(tile_id, stable=True)
-    return tile_id, gid[perm], (tw, th)
+    tile_id, perm = torch.sort(tile_id[keep], stable=True)
+    keep = keep[perm]
+    return tile_id, gid[keep], centre[keep], (tw, th)
 
 
 def rasterize_packed(
@@ -201,8 +201,8 @@ def rasterize_packed(
     rows = max(1, chunk_pairs // P_tile)
     # one gather per run of rows (and one scatter back in the backward) instead of one per attribute
     attrs = torch.cat([means2d, conics, opacities[:, None], features], 1)
-    tile_ids, gid, (tw, th) = _tile_pairs(means2d, radii, camera_ids, depths, attrs.detach()[:, :N_GEOM], n_cameras,
-                                          width, height, tile_size, loc_x, loc_y, rows)
+    tile_ids, gid, centres, (tw, th) = _tile_pairs(means2d, radii, camera_ids, depths, attrs.detach()[:, :N_GEOM],
+                                                   n_cameras, width, height, tile_size, loc_x, loc_y, rows)
     n_all, total = n_cameras * tw * th, tile_ids.numel()
     use_ckpt = torch.is_grad_enabled() and total > rows and any(
         t.requires_grad for t in (means2d, conics, opacities, features)
@@ -211,9 +211,7 @@ def rasterize_packed(
     carry = torch.zeros(P_tile, device=dev, dtype=torch.float64)
     prev_tile = -1
     for s in range(0, total, rows):
-        t_rows, g = tile_ids[s : s + rows], gid[s : s + rows]
-        local = t_rows % (tw * th)
-        centre = (torch.stack([local % tw, local // tw], 1).to(dt) + 0.5) * tile_size
+        t_rows, g, centre = tile_ids[s : s + rows], gid[s : s + rows], centres[s : s + rows]
         uniq, cnt = torch.unique_consecutive(t_rows, return_counts=True)
         row_tile = torch.repeat_interleave(torch.arange(uniq.numel(), device=dev), cnt)
         mask = torch.tensor(float(int(uniq[0]) == prev_tile), dtype=torch.float64, device=dev)
