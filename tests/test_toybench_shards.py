@@ -103,3 +103,15 @@ def test_bad_arguments_one_line_exit_2(tmp_path, capsys):
     assert main(["--recipes", "configs/toy/nope.yaml", "--out", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["--recipes", RECIPE, "--prompts", "a red teapot", "--out", str(tmp_path)]) == 2
+
+
+def test_a_variant_with_many_overrides_gets_a_short_distinct_row_name():
+    """Row files are named by recipe label, prompt and seed; five schedule overrides on a long prompt made a name
+    over the 255 bytes a file name may have (the shard crashed writing its first row)."""
+    over = ["trainer.max_steps=500", "system.guidance.0.max_step_percent=[0,0.98,0.5,500]",
+            "system.representation.lr_means=[0,0.002,0.0002,500]", "system.representation.densify.refine_stop_iter=400"]
+    names = {job_key(variant_name("toy-sds-gaussian-camera", over[:k]), "an orange sphere with a white dot", s)
+             for k in range(len(over) + 1) for s in (0, 1)}
+    assert len(names) == 2 * (len(over) + 1)  # every variant and seed its own row
+    assert all(len(n.encode()) <= 160 for n in names)
+    assert job_key("toy-sds-nerf", "a red cube", 0) == "toy-sds-nerf__a_red_cube__s0"  # short names are unchanged

@@ -163,10 +163,23 @@ def variant_name(recipe_name: str, overrides: list[str]) -> str:
     return "+".join([recipe_name, *overrides])
 
 
+MAX_KEY_BYTES = 160
+"""A row's file name stays this short (plus ``.error.txt`` and the atomic writer's temporary prefix and suffix)
+under the 255 bytes a file name may have: a variant with several overrides is named by a digest of its label."""
+
+
 def job_key(recipe_name: str, prompt: str, seed: int) -> str:
+    """The file name (without extension) of a job's row: ``recipe__prompt__sSEED``, or where that is longer than
+    ``MAX_KEY_BYTES``, the label's first characters and a digest of the whole (the row itself keeps the full label)."""
+    import hashlib
+
     from ..systems.runner import slugify
 
-    return f"{recipe_name}__{slugify(prompt)}__s{seed}"
+    key = f"{recipe_name}__{slugify(prompt)}__s{seed}"
+    if len(key.encode()) <= MAX_KEY_BYTES:
+        return key
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    return f"{recipe_name[:60]}~{digest}__{slugify(prompt)[:50]}__s{seed}"
 
 
 def parse_shard(text: str) -> tuple[int, int]:
