@@ -102,8 +102,11 @@ class ExportConfig:
     runs and moves exact surfaces further: docs/export.md)."""
     decimate_tolerance: float = 0.003
     """Largest distance the decimated surface may move, as a fraction of the object's size (solid mesher)."""
-    texture_fit_steps: int = 40
-    """Adam steps fitting the texture to the renders after back-projection (0: back-projection only)."""
+    texture_fit_steps: int = 15
+    """Conjugate-gradient iterations of the least-squares texture fit after back-projection (0: back-projection only)."""
+    texture_smoothness: float = 3.0
+    """Weight of the texture fit's smoothness term (squared differences of neighbouring texels) against the
+    renders' pixels; 0 fits the pixels alone, which overshoots the few texels they tap (docs/export.md)."""
     pivot: Literal["center", "bottom"] = "center"
     """center: keep the world origin; bottom: origin at the bottom centre of the mesh's bounding box."""
     size_m: Optional[float] = None
@@ -136,6 +139,7 @@ class ExportConfig:
             ("refine_lr", 0.0 < self.refine_lr <= 0.1, "a fraction of the object's size in (0, 0.1]"),
             ("decimate_tolerance", 0.0 <= self.decimate_tolerance <= 0.1, "a fraction of the object's size in [0, 0.1]"),
             ("texture_fit_steps", self.texture_fit_steps >= 0, "an int >= 0"),
+            ("texture_smoothness", 0.0 <= self.texture_smoothness <= 1000.0, "a float in [0, 1000]"),
             ("target_faces", self.target_faces == 0 or self.target_faces >= 100, "0 (off) or at least 100"),
             ("min_component_fraction", 0.0 <= self.min_component_fraction <= 1.0, "a fraction in [0, 1]"),
             ("texture_size", 16 <= self.texture_size <= 8192, "an int in [16, 8192], e.g. 1024 or 2048"),

@@ -52,7 +52,8 @@ class TexturedMesh:
     texture: np.ndarray  # [T,T,3] uint8 sRGB
     timings: dict
     placement: tuple = (np.zeros(3), 1.0)  # (offset, scale): positions = (world - offset) * scale
-    views: object = None  # the ViewSet the mesh was taken from / is checked against (None: no renderer given)
+    views: object = None  # the ViewSet the mesh was taken from (None: no renderer given)
+    check: object = None  # held-out views (``views.held_out``) the report compares the GLB with
     info: dict = field(default_factory=dict)  # per-stage figures for the report
 
 
@@ -105,10 +106,11 @@ def build_textured_mesh(representation, cfg, render=None) -> TexturedMesh:
         return _solid_mesh(render, cfg)
     mesh = _density_mesh(representation, cfg)
     if render is not None:
-        from .views import capture
+        from .views import capture, held_out
 
         with _stage("views", mesh.timings):
             mesh.views = capture(render, cfg.views, cfg.view_resolution)
+            mesh.check = held_out(render, mesh.views)
     return mesh
 
 
@@ -118,12 +120,13 @@ def _solid_mesh(render, cfg) -> TexturedMesh:
     from .refine import refine_surface
     from .solid import solid_surface
     from .texture_fit import fit_texture
-    from .views import capture
+    from .views import capture, held_out
 
     t: dict = {}
     info: dict = {"mesher": "solid"}
     with _stage("views", t):
         views = capture(render, cfg.views, cfg.view_resolution)
+        check = held_out(render, views)
     size = float((views.hi - views.lo).max())
     log.info("export: views %.1fs: %d views at %d px, object %.3f m across", t["views"], len(views), cfg.view_resolution, size)
     with _stage("solid", t):
@@ -147,12 +150,13 @@ def _solid_mesh(render, cfg) -> TexturedMesh:
         vmap, fuv, uv = unwrap(v, f, cfg.texture_size)
     with _stage("texture", t):
         positions = v[vmap]
-        tex, info["texture"] = fit_texture(positions, fuv, uv, views, cfg.texture_size, cfg.dilation, steps=cfg.texture_fit_steps)
+        tex, info["texture"] = fit_texture(positions, fuv, uv, views, cfg.texture_size, cfg.dilation,
+                                            steps=cfg.texture_fit_steps, smoothness=cfg.texture_smoothness)
         normals = vertex_normals(v, f)[vmap]  # from the unsplit mesh: no shading crease along UV seams
     texture = (tex.numpy() * 255 + 0.5).astype(np.uint8)
     mesh = TexturedMesh(place(positions, cfg.pivot, cfg.size_m), normals, uv, fuv, texture, t,
                         placement(positions, cfg.pivot, cfg.size_m))
-    mesh.views, mesh.info = views, info
+    mesh.views, mesh.check, mesh.info = views, check, info
     return mesh
 
 
@@ -249,7 +253,7 @@ class MeshExporter:
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(glb)
-            report, files = asset_report(Path(tmp), mesh.views, mesh.timings, mesh.info, placement=mesh.placement, started=t0)
+            report, files = asset_report(Path(tmp), mesh.check, mesh.timings, mesh.info, placement=mesh.placement, started=t0)
         finally:
             os.remove(tmp)
         self.report = report

@@ -1,8 +1,9 @@
 """The asset's own fidelity check: reload the written GLB, render it next to the representation.
 
 ``asset_report`` reads ``model.glb`` back from disk with trimesh (positions, faces, UVs and the
-embedded base-colour PNG: what an engine would load), rasterises it over the export views and
-compares it with the representation's unlit renders, both composited over white:
+embedded base-colour PNG: what an engine would load), rasterises it over held-out views (``views.held_out``:
+the export's framing from directions the mesh and texture were not fitted to) and compares it with the
+representation's unlit renders there, both composited over white:
 
 - ``psnr_db``: PSNR over every pixel of every view (the novel-view-synthesis convention), the GLB's
   silhouettes antialiased as the representation's renders are;
@@ -82,7 +83,7 @@ def asset_report(glb: Path, views: ViewSet, timings: dict, extra: dict | None = 
     m_rep = views.alpha >= ALPHA_LEVEL
     iou = float((mv.covered & m_rep).sum() / (mv.covered | m_rep).sum().clamp_min(1))
     report = {**mesh_stats(v, f), "psnr_db": round(psnr, 2), "psnr_opaque_bound_db": round(bound, 2), "mask_iou": round(iou, 4),
-              "texture_size": int(tex.shape[0]), "views": len(views), "view_resolution": int(views.alpha.shape[-1]),
+              "texture_size": int(tex.shape[0]), "held_out_views": len(views), "view_resolution": int(views.alpha.shape[-1]),
               "timings_s": {k: round(float(t), 3) for k, t in timings.items()}, **(extra or {})}
     if started is not None:
         report["timings_s"]["report"] = round(time.perf_counter() - started, 3)

@@ -66,9 +66,12 @@ def sphere_directions(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return el.float(), az.float()
 
 
-def framing_cameras(centre: torch.Tensor, radius: float, n: int, resolution: int, fovy_deg: float = 40.0) -> CameraBatch:
-    """``n`` cameras around ``centre`` looking at it, far enough that a sphere of ``radius`` fills the frame."""
-    el, az = (torch.deg2rad(a) for a in sphere_directions(n))
+def framing_cameras(centre: torch.Tensor, radius: float, n: int, resolution: int, fovy_deg: float = 40.0,
+                    azimuth_offset_deg: float = 0.0) -> CameraBatch:
+    """``n`` cameras around ``centre`` looking at it, far enough that a sphere of ``radius`` fills the frame
+    (the lattice of ``sphere_directions`` turned by ``azimuth_offset_deg``)."""
+    el, az = sphere_directions(n)
+    el, az = torch.deg2rad(el), torch.deg2rad(az + azimuth_offset_deg)
     dist = radius / math.sin(math.radians(fovy_deg) / 2)
     dirs = torch.stack([torch.cos(el) * torch.sin(az), torch.sin(el), torch.cos(el) * torch.cos(az)], -1)
     eye = centre.float()[None] + dist * dirs
@@ -137,3 +140,11 @@ def capture(render: RenderFn, n_views: int = 40, resolution: int = 128, scene_ra
     cams = framing_cameras(box.centre, box.radius, n_views, resolution)
     a, d, c = render_views(render, cams)
     return ViewSet(cams, a, d, c, box.lo, box.hi)
+
+
+def held_out(render: RenderFn, views: ViewSet, n: int = 8, azimuth_offset_deg: float = 45.0) -> ViewSet:
+    """``n`` views framed as ``views`` (same box, resolution and lens) from directions none of them has (a
+    lattice of ``n`` turned by ``azimuth_offset_deg``): what the asset report compares the GLB with, so a
+    texture fitted to ``views`` is not scored on the pixels it was fitted to."""
+    cams = framing_cameras(views.centre, views.radius, n, int(views.alpha.shape[-1]), azimuth_offset_deg=azimuth_offset_deg)
+    return ViewSet(cams, *render_views(render, cams), views.lo, views.hi)
