@@ -126,8 +126,9 @@ class DDPMPrior(Prior):
             if cond.control is None:
                 raise ValueError(f"{self.model_id} has a ControlNet: its objective must pass a control image (disds passes depth)")
             with self._running(self.controlnet) as net:
-                down, mid = net(x_t.to(dev, net.dtype), t, encoder_hidden_states=cond.emb.to(dev, net.dtype),
-                                controlnet_cond=cond.control.to(dev, net.dtype), conditioning_scale=self.cfg.controlnet_scale,
+                dt = net.dtype  # read once: diffusers walks every submodule for casting hooks on each read
+                down, mid = net(x_t.to(dev, dt), t, encoder_hidden_states=cond.emb.to(dev, dt),
+                                controlnet_cond=cond.control.to(dev, dt), conditioning_scale=self.cfg.controlnet_scale,
                                 return_dict=False)
             kw = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         if self.camera_conditioned:  # a multi-view prior: each image's camera (zeros: unknown)
@@ -141,9 +142,10 @@ class DDPMPrior(Prior):
         elif self.per_frame_text:
             emb = emb.repeat_interleave(x.shape[2], 0)
         with self._running(self.denoiser) as unet:
+            dt = unet.dtype  # once per call (about 1 ms a read on the toy UNet: ModelMixin.dtype walks every submodule)
             if "class_labels" in kw:
-                kw["class_labels"] = kw["class_labels"].to(dev, unet.dtype)
-            return unet(x.to(dev, unet.dtype), t, encoder_hidden_states=emb.to(dev, unet.dtype), **kw).sample
+                kw["class_labels"] = kw["class_labels"].to(dev, dt)
+            return unet(x.to(dev, dt), t, encoder_hidden_states=emb.to(dev, dt), **kw).sample
 
     # ---- text -------------------------------------------------------------------------------
 
