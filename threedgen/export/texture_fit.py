@@ -12,7 +12,7 @@ terminate. What the renders show is what the user approved, so the texture is fi
    least-squares problem: min ||A t - y||² + smoothness · Σ over neighbouring texels of their squared
    difference, solved by a few Jacobi-preconditioned conjugate-gradient iterations from the
    back-projection. The views sample the texture far more sparsely than it has texels (a 128 px view
-   covers a texel in ten at 1024 px), so fitting the pixels alone moves only the few texels they tap,
+   taps about one texel in ten at 1024 px), so fitting the pixels alone moves only the few texels they tap,
    and those overshoot: what an Adam fit did, leaving speckles that held-out views show (about 1 dB
    below the back-projection there). The smoothness term spreads each pixel's correction over its
    neighbourhood instead; docs/export.md has the measurements.
