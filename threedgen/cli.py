@@ -36,11 +36,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: this program's own, ``sys.argv``: then this process is
+    the run, and it tunes the garbage collector for that, threedgen/utils/process_gc.py)."""
+    program = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["app"] or argv[:1] == ["--app"]:  # ``threedgen app`` / ``launch.py --app``: the web app
         from .app import main as app_main
 
         return app_main(argv[1:])
+    from .utils import process_gc
+
+    if not program:
+        return _main(argv)
+    process_gc.pause_for_startup()
+    try:
+        return _main(argv)
+    finally:
+        process_gc.freeze_for_exit()
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[threedgen] %(message)s")
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
@@ -168,6 +183,9 @@ def _batch(args) -> int:
     """``--prompts FILE``: every prompt checked first (exit 2 on bad input), then one run each (threedgen/batch.py)."""
     from .batch import plan, read_prompts, run_batch
     from .config import ConfigError
+    from .utils.process_gc import startup_done
+
+    startup_done()  # this process only waits for the runs it starts
 
     try:
         if not args.config or args.test or args.export or args.resume:

@@ -133,6 +133,9 @@ def resolve_run(cfg: RunConfig, resume: Optional[str], need_ckpt: bool) -> tuple
 
 
 def build_system(stage_cfg: RunConfig):
+    from ..utils.process_gc import startup_done
+
+    startup_done()  # the program's imports are done (a no-op in-process, threedgen/utils/process_gc.py)
     from .generation import GenerationSystem, seed_everything
 
     seed_everything(stage_cfg.seed, stage_cfg.deterministic, stage_cfg.threads)
