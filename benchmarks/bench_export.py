@@ -33,7 +33,8 @@ from threedgen.export.decimate import decimate
 from threedgen.export.extract import extract_surface
 from threedgen.export.mesh import build_textured_mesh, encode_textured_mesh
 from threedgen.export.splat_field import SplatField
-from threedgen.export.splats import check_splat_data, khr_glb_bytes, ply_bytes, splat_bytes, spz_available, spz_bytes
+from threedgen.export.splats import check_splat_data, khr_glb_bytes, ply_bytes, splat_bytes
+from threedgen.export.spz import spz_bytes
 from threedgen.representations.nerf import NeRF
 
 TOY_NERF = {"radius": 0.8, "grid": {"n_levels": 8, "log2_hashmap_size": 15, "base_resolution": 8, "max_resolution": 128},
@@ -238,9 +239,7 @@ def bench_gaussians(args) -> None:
     t = time.perf_counter()
     d = check_splat_data(raw)
     print(f"\n{args.gaussians} Gaussians (SH degree 3): check {time.perf_counter() - t:.2f} s")
-    writers = {"gaussians.ply": ply_bytes, "gaussians.splat": splat_bytes, "gaussians.glb (KHR)": khr_glb_bytes}
-    if spz_available() is None:
-        writers["gaussians.spz"] = spz_bytes
+    writers = {"gaussians.ply": ply_bytes, "gaussians.splat": splat_bytes, "gaussians.spz": spz_bytes, "gaussians.glb (KHR)": khr_glb_bytes}
     for name, fn in writers.items():
         t = time.perf_counter()
         size = len(fn(d))

@@ -11,7 +11,7 @@ import torch
 from export_fixtures import LatticeGaussians, accessor, cfg, read_glb, validate_glb
 from threedgen.config import ExportConfig, from_dict
 from threedgen.export.splat_field import quat_to_matrix
-from threedgen.export.splats import C0, PLY_PROPERTIES, SplatExporter, check_splat_data, khr_glb_bytes, ply_bytes, splat_bytes, spz_available, to_axes
+from threedgen.export.splats import C0, PLY_PROPERTIES, SplatExporter, check_splat_data, khr_glb_bytes, ply_bytes, splat_bytes, to_axes
 from threedgen.systems import runner
 
 
@@ -100,28 +100,73 @@ def test_khr_gaussian_splatting_glb_validates_and_holds_the_parameters(tmp_path)
     np.testing.assert_array_equal(read("KHR_gaussian_splatting:SH_DEGREE_1_COEF_2", 3), d["sh"][:, 3])
 
 
-@pytest.mark.skipif(spz_available() is not None, reason=f"{spz_available()}")
-def test_spz_decodes_to_the_world_frame_parameters():
+def _decode_spz(blob: bytes) -> dict:
     """Decoded with numpy from the Niantic SPZ v3 layout (gzip; 16-byte header; 24-bit fixed-point
-    positions, alpha, colour, scale, rotation, SH streams), independently of the writer."""
+    positions, alpha, colour, scale, smallest-three rotation and SH streams), independently of the writer."""
     import gzip
     import struct
 
-    d = check_splat_data(LatticeGaussians(degree=1).splat_data())
-    raw = gzip.decompress(SplatExporter().encode(LatticeGaussians(degree=1), cfg(formats=["spz"]))["gaussians.spz"])
-    magic, version, n, degree, frac, _, _ = struct.unpack_from("<IIIBBBB", raw)
-    assert (magic, version, n, degree) == (0x5053474E, 3, len(d["means"]), 1)
+    raw = gzip.decompress(blob)
+    magic, version, n, degree, frac, flags, _ = struct.unpack_from("<IIIBBBB", raw)
+    assert (magic, version, flags) == (0x5053474E, 3, 0)
+    k = (degree + 1) ** 2 - 1
     body = np.frombuffer(raw, np.uint8, offset=16)
+    assert len(body) == n * (9 + 1 + 3 + 3 + 4 + 3 * k)
     pos = body[: 9 * n].reshape(n, 3, 3).astype(np.int32)
     fixed = pos[..., 0] | (pos[..., 1] << 8) | (pos[..., 2] << 16)
     fixed = np.where(fixed >= 1 << 23, fixed - (1 << 24), fixed)
-    np.testing.assert_allclose(fixed / 2.0**frac, d["means"], atol=2.0**-frac)  # RUB = world, no flip
-    alpha = body[9 * n : 10 * n]
-    np.testing.assert_allclose(alpha / 255, 1 / (1 + np.exp(-d["logit_opacities"])), atol=0.5 / 255 + 1e-6)
-    colour = body[10 * n : 13 * n].reshape(n, 3)
-    np.testing.assert_allclose((colour - 127.5) / (0.15 * 255), d["sh"][:, 0], atol=0.5 / (0.15 * 255) + 1e-6)
-    scale = body[13 * n : 16 * n].reshape(n, 3)
-    np.testing.assert_allclose(scale / 16 - 10, d["log_scales"], atol=1 / 32 + 1e-6)
+    word = body[16 * n : 20 * n].reshape(n, 4).astype(np.uint32)
+    word = word[:, 0] | word[:, 1] << 8 | word[:, 2] << 16 | word[:, 3] << 24
+    largest = word >> 30
+    q = np.zeros((n, 4))  # x, y, z, w
+    for axis in (3, 2, 1, 0):  # the last component written sits in the lowest bits
+        field = word & 0x3FF
+        value = (field & 0x1FF) / 511 / np.sqrt(2) * np.where(field >> 9, -1, 1)
+        keep = largest != axis
+        q[keep, axis] = value[keep]
+        word = np.where(keep, word >> 10, word)
+    q[np.arange(n), largest] = np.sqrt(np.clip(1 - (q**2).sum(1), 0, None))
+    return {
+        "n": n, "degree": degree, "frac": frac,
+        "means": fixed / 2.0**frac,
+        "alpha": body[9 * n : 10 * n] / 255,
+        "dc": (body[10 * n : 13 * n].reshape(n, 3) - 127.5) / (0.15 * 255),
+        "log_scales": body[13 * n : 16 * n].reshape(n, 3) / 16 - 10,
+        "quats": q[:, [3, 0, 1, 2]],
+        "sh_rest": (body[20 * n :].reshape(n, k, 3).astype(np.float64) - 128) / 128,
+    }
+
+
+@pytest.mark.parametrize("degree", [0, 1, 3])
+def test_spz_decodes_to_the_world_frame_parameters(degree):
+    d = check_splat_data(LatticeGaussians(degree=degree).splat_data())
+    blob = SplatExporter().encode(LatticeGaussians(degree=degree), cfg(formats=["spz"]))["gaussians.spz"]
+    got = _decode_spz(blob)
+    assert (got["n"], got["degree"]) == (len(d["means"]), degree)
+    np.testing.assert_allclose(got["means"], d["means"], atol=0.5 / 2.0 ** got["frac"] + 1e-7)  # RUB = world, no flip
+    np.testing.assert_allclose(got["alpha"], 1 / (1 + np.exp(-d["logit_opacities"])), atol=0.5 / 255 + 1e-6)
+    np.testing.assert_allclose(got["dc"], d["sh"][:, 0], atol=0.5 / (0.15 * 255) + 1e-6)
+    np.testing.assert_allclose(got["log_scales"], d["log_scales"], atol=1 / 32 + 1e-6)
+    np.testing.assert_allclose(got["sh_rest"], np.clip(d["sh"][:, 1:], -1, 127 / 128), atol=0.5 / 128 + 1e-6)
+    q = d["quats"] / np.linalg.norm(d["quats"], axis=1, keepdims=True)
+    alignment = np.abs((got["quats"] * q).sum(1))  # q and -q are one rotation
+    assert alignment.min() > 1 - 2e-5  # 9 bits over 1/sqrt(2) per component: about 0.1 degrees
+    assert SplatExporter().encode(LatticeGaussians(degree=degree), cfg(formats=["spz"]))["gaussians.spz"] == blob  # reproducible
+
+
+def test_spz_is_read_by_a_maintained_splat_library(tmp_path):
+    gsply = pytest.importorskip("gsply", reason="gsply not installed (pip install gsply)")
+    d = check_splat_data(LatticeGaussians(degree=2).splat_data())
+    (tmp_path / "g.spz").write_bytes(SplatExporter().encode(LatticeGaussians(degree=2), cfg(formats=["spz"]))["gaussians.spz"])
+    g = gsply.read_spz(str(tmp_path / "g.spz"))
+    means, scales, quats, opacities, sh0, shn = (np.asarray(x, np.float64) for x in (g.means, g.scales, g.quats, g.opacities, g.sh0, g.shN))
+    np.testing.assert_allclose(means, d["means"], atol=2.0**-13 + 1e-7)
+    np.testing.assert_allclose(scales, d["log_scales"], atol=1 / 32 + 1e-6)
+    np.testing.assert_allclose(1 / (1 + np.exp(-opacities)), 1 / (1 + np.exp(-d["logit_opacities"])), atol=0.5 / 255 + 1e-4)
+    np.testing.assert_allclose(sh0, d["sh"][:, 0], atol=0.5 / (0.15 * 255) + 1e-5)
+    np.testing.assert_allclose(shn, d["sh"][:, 1:], atol=0.5 / 128 + 1e-6)
+    q = d["quats"] / np.linalg.norm(d["quats"], axis=1, keepdims=True)  # gsply gives w, x, y, z, as splat_data()
+    assert np.abs((quats * q).sum(1)).min() > 1 - 2e-5
 
 
 def test_ply_is_read_by_a_maintained_splat_library():

@@ -1,4 +1,4 @@
-"""Gaussian splat writers: INRIA PLY, antimatter15 ``.splat``, Niantic ``.spz`` (via gsply), KHR_gaussian_splatting GLB.
+"""Gaussian splat writers: INRIA PLY, antimatter15 ``.splat``, Niantic ``.spz`` (spz.py), KHR_gaussian_splatting GLB.
 
 Input is ``representation.splat_data()``: CPU float32 tensors, pre-activation, world frame (+Y up):
 ``means [N,3]``, ``log_scales [N,3]``, ``quats [N,4]`` (w,x,y,z), ``logit_opacities [N]``,
@@ -16,13 +16,13 @@ Format notes: docs/export.md.
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .gltf import FLOAT, POINTS, GlbBuilder
+from .spz import spz_bytes
 
 log = logging.getLogger("threedgen")
 
@@ -129,29 +129,6 @@ def splat_bytes(d: dict) -> bytes:
     return rec.tobytes()
 
 
-def spz_available() -> str | None:
-    """None when an SPZ writer is importable, else the reason it is not."""
-    try:
-        import gsply  # noqa: F401
-    except ImportError:
-        return "no SPZ writer installed (pip install gsply)"
-    return None
-
-
-def spz_bytes(d: dict) -> bytes:
-    """Niantic SPZ (v3, gzip) through gsply's writer; SPZ's internal frame is RUB = our world frame."""
-    from gsply import GSData, write_spz
-
-    data = GSData(
-        means=d["means"], scales=d["log_scales"], quats=d["quats"] / np.linalg.norm(d["quats"], axis=1, keepdims=True),
-        opacities=d["logit_opacities"], sh0=d["sh"][:, 0], shN=d["sh"][:, 1:] if d["sh"].shape[1] > 1 else np.zeros((len(d["means"]), 0, 3), np.float32),
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "g.spz"
-        write_spz(path, data)
-        return path.read_bytes()
-
-
 KHR = "KHR_gaussian_splatting"
 
 
@@ -207,9 +184,6 @@ class SplatExporter:
         files = {}
         for fmt in export_cfg.formats:
             if fmt not in SPLAT_FORMATS:
-                continue
-            if fmt == "spz" and (why := spz_available()):
-                log.info("export: skipping gaussians.spz: %s", why)
                 continue
             encode = {"ply": lambda: ply_bytes(framed), "splat": lambda: splat_bytes(framed),
                       "spz": lambda: spz_bytes(d), "splat_glb": lambda: khr_glb_bytes(d)}[fmt]
