@@ -60,3 +60,48 @@ def test_nan_in_the_parameters_stops_the_run_and_keeps_the_last_good_checkpoint(
     ck = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=False)
     assert ck["global_step"] == 5
     assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
+
+
+def test_read_a_step_late_as_on_a_gpu_the_verdict_still_comes_before_the_next_save(tmp_path, monkeypatch, capsys):
+    """On a GPU each step's verdict is read at the next step (no host-device sync per step,
+    threedgen/systems/health.py); the checkpoint due at the start of step 11 must read step 10's first."""
+    from threedgen.systems.health import FiniteWatch
+
+    monkeypatch.setattr(FiniteWatch, "defer_on_cpu", True)
+    real = NeRF.after_step
+
+    def poison_at_step_10(self, step, render_out):
+        real(self, step, render_out)
+        if step == 10:
+            with torch.no_grad():
+                self.grid.params[:4] = float("nan")
+
+    monkeypatch.setattr(NeRF, "after_step", poison_at_step_10)
+    assert cli.main(_args(tmp_path)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: step 10: 4 NaN/Inf values in representation.grid.params"), err[-3:]
+    ck = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    assert ck["global_step"] == 5
+    assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
+
+
+def test_finite_watch_reports_the_step_it_was_given():
+    from threedgen.systems.health import FiniteWatch, NonFiniteError
+
+    w = FiniteWatch()
+    good = [("a", torch.ones(3)), ("b", torch.zeros(2))]
+    w.submit(1, good)
+    bad = [("a", torch.ones(3)), ("b", torch.tensor([0.0, math.inf]))]
+    try:
+        w.submit(2, bad)
+        raise AssertionError("expected NonFiniteError")
+    except NonFiniteError as e:
+        assert str(e).startswith("step 2: 1 NaN/Inf values in b")
+    w.defer_on_cpu = True  # as on a GPU: the verdict waits for the next submit or settle
+    w.submit(3, bad)
+    try:
+        w.settle()
+        raise AssertionError("expected NonFiniteError")
+    except NonFiniteError as e:
+        assert str(e).startswith("step 3: 1 NaN/Inf values in b")
+    w.settle()  # nothing outstanding

@@ -88,8 +88,8 @@ class PromptBundle:
     def view_indices(self, cameras) -> torch.Tensor:
         """Index into ``VIEWS`` per camera ``[B]`` (long, on the embeddings' device)."""
         idx = view_index(
-            cameras.elevation_deg.detach().float().cpu(),
-            cameras.azimuth_deg.detach().float().cpu(),
+            cameras.elevation_deg.detach().float(),
+            cameras.azimuth_deg.detach().float(),
             self.front_threshold,
             self.back_threshold,
             self.overhead_threshold,

@@ -21,10 +21,11 @@ def view_index(
     back_threshold: float = 45.0,
     overhead_threshold: float = 60.0,
 ) -> torch.Tensor:
-    """Index into ``VIEWS`` per camera; later rules override earlier ones (side < front < back < overhead)."""
+    """Index into ``VIEWS`` per camera; later rules override earlier ones (side < front < back < overhead).
+    Computed where the angles are (a GPU's cameras need no copy to the host, so no wait for the device)."""
     az = wrap_degrees(torch.as_tensor(azimuth_deg, dtype=torch.float32))
-    el = torch.as_tensor(elevation_deg, dtype=torch.float32)
-    idx = torch.zeros(az.shape, dtype=torch.long)
+    el = torch.as_tensor(elevation_deg, dtype=torch.float32, device=az.device)
+    idx = torch.zeros(az.shape, dtype=torch.long, device=az.device)
     idx = torch.where(az.abs() < front_threshold, torch.ones_like(idx), idx)
     idx = torch.where(az.abs() > 180.0 - back_threshold, torch.full_like(idx, 2), idx)
     idx = torch.where(el > overhead_threshold, torch.full_like(idx, 3), idx)

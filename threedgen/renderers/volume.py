@@ -39,6 +39,8 @@ class OccupancyGrid(nn.Module):
     Mirrors nerfacc's ``OccGridEstimator`` update (``occ = max(occ * decay, new)``; a cell is occupied
     when ``occ > min(mean(occ), threshold)``) and its cell layout (``[ix, iy, iz]``), so the CUDA
     path can hand these buffers straight to nerfacc. Buffers are checkpointed with the renderer.
+    The two counters are also kept on the host, so deciding whether a refresh is due never waits for
+    the device (they are read from the buffers once after a checkpoint load).
     """
 
     def __init__(self, resolution: int):
@@ -49,6 +51,22 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("binary", torch.ones(R, R, R, dtype=torch.bool))
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("n_calls", torch.zeros((), dtype=torch.long))
+        self._counts = None  # host copies of (n_updates, n_calls)
+
+    def counts(self) -> tuple[int, int]:
+        """(refreshes so far, training renders so far)."""
+        if self._counts is None:
+            self._counts = (int(self.n_updates), int(self.n_calls))
+        return self._counts
+
+    def count_call(self) -> None:
+        updates, calls = self.counts()
+        self.n_calls.fill_(calls + 1)
+        self._counts = (updates, calls + 1)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._counts = None
 
     def query(self, x: torch.Tensor, radius: float) -> torch.Tensor:
         """Occupied? for world points x [..., 3] inside the AABB."""
@@ -65,18 +83,20 @@ class OccupancyGrid(nn.Module):
         ar = torch.arange(R, device=dev)
         cells = torch.stack(torch.meshgrid(ar, ar, ar, indexing="ij"), -1).reshape(-1, 3)
         occ = torch.zeros(R**3, device=dev)
-        for _ in range(8 if int(self.n_updates) == 0 else 1):
+        updates, calls = self.counts()
+        for _ in range(8 if updates == 0 else 1):
             x = (cells + torch.rand(cells.shape, device=dev)) * (2 * radius / R) - radius
             d = torch.cat([density_fn(c).float().reshape(-1) for c in x.split(chunk)])
             occ = torch.maximum(occ, d * step_size)
         self.occs.copy_(torch.maximum(self.occs * decay, occ.view(R, R, R)))
-        thr = min(float(self.occs.mean()), threshold)
-        self.binary.copy_(self.occs > thr)
-        self.n_updates += 1
+        self.binary.copy_(self.occs > self.occs.mean().clamp(max=threshold))
+        self.n_updates.fill_(updates + 1)
+        self._counts = (updates + 1, calls)
 
     @property
-    def occupied_fraction(self) -> float:
-        return float(self.binary.float().mean())
+    def occupied_fraction(self) -> torch.Tensor:
+        """The fraction of occupied cells, a 0-d tensor on the grid's device (read it when logging)."""
+        return self.binary.float().mean()
 
 
 class VolumeRenderer(Renderer):
@@ -144,8 +164,10 @@ class VolumeRenderer(Renderer):
         B, H, W = len(cameras), cameras.height, cameras.width
         radius = float(representation.radius)
         origins, dirs = cameras.rays()  # [B,H,W,3]
-        modes = self._shading_modes(shading or cfg.shading, B, cameras.device)
-        need_normals = bool((modes > 0).any()) or cfg.return_normal
+        modes = self._shading_modes(shading or cfg.shading, B, "cpu")  # decided on the host: no wait for the device
+        shaded = bool((modes > 0).any())
+        modes = modes.to(cameras.device)
+        need_normals = shaded or cfg.return_normal
         if need_normals and not getattr(representation, "has_normals", False):
             raise ValueError(
                 f"shading {shading or cfg.shading!r} / return_normal needs normals but the representation has none: "
@@ -168,14 +190,14 @@ class VolumeRenderer(Renderer):
             part = {k: v[s : s + chunk] for k, v in rays.items()}
             if use_cuda:
                 try:
-                    outs.append(self._render_nerfacc(representation, part, radius, need_normals))
+                    outs.append(self._render_nerfacc(representation, part, radius, need_normals, shaded))
                     continue
                 except Exception as e:
                     if cfg.backend == "cuda":
                         raise
                     self._cuda_failed, use_cuda = True, False
                     log.warning("volume renderer: nerfacc failed (%s); falling back to the torch path", e)
-            outs.append(self._render_torch(representation, part, radius, need_normals))
+            outs.append(self._render_torch(representation, part, radius, need_normals, shaded))
         out = {k: (torch.cat([o[k] for o in outs]) if outs[0][k] is not None else None) for k in outs[0] if k != "n"}
         n_eval = sum(o["n"] for o in outs)
 
@@ -220,10 +242,11 @@ class VolumeRenderer(Renderer):
 
     def _maybe_update_grid(self, rep, radius: float) -> None:
         occ = self.occ
-        first = int(occ.n_updates) == 0
+        updates, calls = occ.counts()
+        first = updates == 0
         if self.training:
-            due = int(occ.n_calls) % max(1, self.cfg.occ_update_every) == 0
-            occ.n_calls += 1
+            due = calls % max(1, self.cfg.occ_update_every) == 0
+            occ.count_call()
         else:
             due = False
         if first or due:
@@ -255,15 +278,16 @@ class VolumeRenderer(Renderer):
             self._logged_backend = name
 
     @staticmethod
-    def _shade(field: dict, light: torch.Tensor, mode: torch.Tensor, ambient: float, diffuse: float) -> torch.Tensor:
+    def _shade(field: dict, light: torch.Tensor, mode: torch.Tensor, ambient: float, diffuse: float, shaded: bool) -> torch.Tensor:
+        """``shaded``: some image of the batch is lit (mode > 0); otherwise the albedo as it is."""
         albedo = field["albedo"]
-        if not bool((mode > 0).any()):
+        if not shaded:
             return albedo
         lam = ambient + diffuse * (field["normal"] * light).sum(-1, keepdim=True).clamp_min(0.0)
         m = mode[:, None]
         return torch.where(m == 0, albedo, torch.where(m == 1, albedo * lam, lam.expand_as(albedo)))
 
-    def _render_torch(self, rep, rays: dict, radius: float, need_normals: bool) -> dict:
+    def _render_torch(self, rep, rays: dict, radius: float, need_normals: bool, shaded: bool) -> dict:
         o, d = rays["o"], rays["d"]
         R, S = o.shape[0], self.samples_per_ray()
         near, far = ray_aabb(o, d, radius)
@@ -284,7 +308,7 @@ class VolumeRenderer(Renderer):
         ray_of = idx // S
         x = pts.reshape(-1, 3)[idx]
         field = rep(x, d[ray_of] if getattr(rep, "view_dependent", False) else None, normals=need_normals)
-        col = self._shade(field, rays["light"][ray_of], rays["mode"][ray_of], self.cfg.ambient, self.cfg.diffuse)
+        col = self._shade(field, rays["light"][ray_of], rays["mode"][ray_of], self.cfg.ambient, self.cfg.diffuse, shaded)
 
         def dense(v, c):
             z = v.new_zeros(R * S, c) if c else v.new_zeros(R * S)
@@ -311,7 +335,7 @@ class VolumeRenderer(Renderer):
             out["orient"] = (w.detach() * facing).sum(1)
         return out
 
-    def _render_nerfacc(self, rep, rays: dict, radius: float, need_normals: bool) -> dict:
+    def _render_nerfacc(self, rep, rays: dict, radius: float, need_normals: bool, shaded: bool) -> dict:
         import nerfacc  # CUDA path only
 
         o, d = rays["o"].contiguous(), rays["d"].contiguous()
@@ -342,7 +366,7 @@ class VolumeRenderer(Renderer):
             x = o[ri] + d[ri] * ((t0_ + t1_) * 0.5)[:, None]
             field = rep(x, d[ri] if getattr(rep, "view_dependent", False) else None, normals=need_normals)
             stash["normal"] = field.get("normal")
-            col = self._shade(field, rays["light"][ri], rays["mode"][ri], self.cfg.ambient, self.cfg.diffuse)
+            col = self._shade(field, rays["light"][ri], rays["mode"][ri], self.cfg.ambient, self.cfg.diffuse, shaded)
             return col, field["density"]
 
         rgb, alpha, depth, extras = nerfacc.rendering(t0, t1, ray_i, n_rays=R, rgb_sigma_fn=rgb_sigma_fn)

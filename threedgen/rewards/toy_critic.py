@@ -67,7 +67,7 @@ class ToyCritic(Critic):
         loss = ce_shape + ce_colour
         out = {"p_shape": torch.exp(-ce_shape).detach(), "p_colour": torch.exp(-ce_colour).detach()}
         if scene.marker and self.cfg.view_weight > 0:
-            view = view_index(cameras.elevation_deg.cpu(), cameras.azimuth_deg.cpu())[:B].to(dev)
+            view = view_index(cameras.elevation_deg, cameras.azimuth_deg)[:B].to(dev)
             ce_view = F.cross_entropy(logits["view"], view)
             loss = loss + self.cfg.view_weight * ce_view
             out["p_view"] = torch.exp(-ce_view).detach()

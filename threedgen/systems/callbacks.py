@@ -65,16 +65,31 @@ class AtomicCheckpoint(pl.Callback):
         # refreshes its occupancy grid; a checkpoint taken there would miss that step's half.
         step = trainer.global_step
         if step % self.every == 0 and step != getattr(self, "_start", 0):
+            _settle(pl_module)
             atomic_save_checkpoint(trainer, self.path)
 
     def on_train_end(self, trainer, pl_module):
+        _settle(pl_module)
         atomic_save_checkpoint(trainer, self.path)
 
     def on_exception(self, trainer, pl_module, exception):
         from .health import NonFiniteError
 
-        if trainer.global_step > 0 and not isinstance(exception, NonFiniteError):  # never save NaN over the last good state
-            atomic_save_checkpoint(trainer, self.path)
+        if trainer.global_step == 0 or isinstance(exception, NonFiniteError):  # never save NaN over the last good state
+            return
+        try:
+            _settle(pl_module)
+        except NonFiniteError:
+            return
+        atomic_save_checkpoint(trainer, self.path)
+
+
+def _settle(pl_module) -> None:
+    """The system's NaN/Inf verdict on its last step, read before a save (systems/health.py): on a GPU
+    it arrives a step late, so a checkpoint could otherwise hold parameters nobody has checked."""
+    settle = getattr(pl_module, "settle_health", None)
+    if settle is not None:
+        settle()
 
 
 class ProgressBar(pl.Callback):

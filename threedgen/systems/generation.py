@@ -23,7 +23,7 @@ from ..guidance.base import GuidanceInput
 from ..renderers.base import RenderOutput
 from ..schedule import Schedule
 from .distributed import gathered_screen_meta, rank_and_world, reduce_gradients
-from .health import NonFiniteError, first_nonfinite, nonfinite_message
+from .health import FiniteWatch
 
 log = logging.getLogger("threedgen")
 
@@ -69,6 +69,7 @@ class GenerationSystem(pl.LightningModule):
         self.cfg = cfg
         self.camera_cfg = cameras
         self.sampler = RandomCameraSampler(cameras, seed)
+        self.finite_watch = FiniteWatch()
         self.representation = cfg.representation.build()
         self.renderer = cfg.renderer.build()
         if cfg.particles < 1:
@@ -295,9 +296,12 @@ class GenerationSystem(pl.LightningModule):
                 self.particle(i)[0].after_step(step, render)
         for hook in self.output_hooks:
             hook(self, step)
-        bad = first_nonfinite((n, p) for n, p in self.named_parameters() if p.requires_grad)  # before a checkpoint saves it
-        if bad is not None:
-            raise NonFiniteError(nonfinite_message(step, *bad))
+        # NaN/Inf parameters stop the run before a checkpoint saves them; read a step late on a GPU (health.py)
+        self.finite_watch.submit(step, ((n, p) for n, p in self.named_parameters() if p.requires_grad))
+
+    def settle_health(self) -> None:
+        """Raise ``NonFiniteError`` if the last step's parameters were not finite (callbacks.py, before a save)."""
+        self.finite_watch.settle()
 
     # ---- evaluation renders -----------------------------------------------------------------
     @torch.no_grad()
