@@ -29,6 +29,7 @@ LIBRARIES = ("threedgen/", "lightning/", "diffusers/", "transformers/", "gsplat/
 ALLOWED = {  # (call, file, function) or (call, file, None for any function) -> why it is not a device sync
     ("item", "torch/optim/optimizer.py", "_get_value"): "Adam's step counter is a host tensor (capturable=False)",
     ("__bool__", "threedgen/renderers/volume.py", "_render"): "the shading modes are drawn on the host",
+    ("__bool__", "threedgen/renderers/mesh.py", "forward"): "the shading modes are drawn on the host",
     ("nonzero", "threedgen/renderers/volume.py", "_render_torch"):
         "the torch marcher packs the occupied samples: a data-dependent size, as nerfacc's on a GPU",
     ("__bool__", "threedgen/systems/health.py", "_read"): "the NaN verdict, copied to the host a step earlier",
@@ -37,6 +38,17 @@ ALLOWED = {  # (call, file, function) or (call, file, None for any function) -> 
     ("unique_consecutive", "threedgen/renderers/gaussian_torch.py", None): "the CPU rasterizer",
     ("__int__", "threedgen/renderers/gaussian_torch.py", None): "the CPU rasterizer",
     ("__int__", "threedgen/renderers/gaussian_composite.py", None): "the CPU rasterizer's compositing",
+    # A DMTet step extracts its surface anew (marching tetrahedra: how many faces depends on the SDF), so its
+    # sizes are data-dependent, as in every DMTet pipeline; what follows from the surface is too.
+    ("__getitem__", "threedgen/representations/marching_tets.py", None): "DMTet's surface extraction",
+    ("__setitem__", "threedgen/representations/marching_tets.py", None): "DMTet's surface extraction",
+    ("unique", "threedgen/representations/marching_tets.py", None): "DMTet's surface extraction",
+    ("nonzero", "threedgen/renderers/mesh.py", "forward"): "the extracted surface's covered pixels are shaded",
+    ("nonzero", "threedgen/representations/mesh_regularisers.py", "edge_face_pairs"): "the extracted surface's edges",
+    ("nonzero", "threedgen/renderers/raster_torch.py", None): "the CPU mesh rasterizer (nvdiffrast on a GPU)",
+    ("__int__", "threedgen/renderers/raster_torch.py", None): "the CPU mesh rasterizer",
+    ("repeat_interleave", "threedgen/renderers/raster_torch.py", None): "the CPU mesh rasterizer",
+    ("__getitem__", "threedgen/renderers/raster_torch.py", None): "the CPU mesh rasterizer",
     ("__getitem__", "gsplat/strategy/default.py", None): "gsplat's densification bookkeeping (library code)",
     ("where", "gsplat/strategy/default.py", None): "gsplat's densification bookkeeping (library code)",
 }
@@ -78,7 +90,8 @@ def _allowed(call) -> bool:
     return (name, path, function) in ALLOWED or (name, path, None) in ALLOWED
 
 
-RECIPES = ["configs/dreamfusion-sd.yaml", "configs/gaussian-sds.yaml", "configs/toy/sds-gaussian-camera.yaml",
+RECIPES = ["configs/dreamfusion-sd.yaml", "configs/gaussian-sds.yaml", "configs/prolificdreamer.yaml", "configs/consistent3d.yaml",
+           "configs/toy/sds-gaussian-camera.yaml",
            "configs/toy/sds-nerf-camera.yaml"]
 
 
@@ -108,8 +121,12 @@ def test_training_steps_wait_for_the_device_only_where_listed(recipe, request, t
 
     monkeypatch.setattr(pl.Trainer, "__init__", init)
     monkeypatch.chdir(tmp_path)
+    from threedgen.config import load_config
+
     steps = WARM + PROBED + 1
-    args = ["--config", str(tmp_path / recipe), "--train", "-q", f"trainer.max_steps={steps}", "trainer.val_every=0",
+    _, raw = load_config(tmp_path / recipe)
+    stages = [f"stages.{i}.steps={steps}" for i in range(len(raw.get("stages") or []))]  # every stage is probed
+    args = ["--config", str(tmp_path / recipe), "--train", "-q", *stages, f"trainer.max_steps={steps}", "trainer.val_every=0",
             "trainer.log_every=1000", "trainer.ckpt_every=1000", "trainer.export_at_end=false", "trainer.test_views=1",
             "trainer.test_resolution=16", "data.width=16", "data.height=16"]
     assert main(args) == 0

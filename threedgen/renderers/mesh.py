@@ -183,7 +183,9 @@ class MeshRenderer(Renderer):
         B, H, W = len(cameras), cameras.height, cameras.width
         dev = cameras.device
         v, f = representation.mesh()
-        modes = self._shading_modes(shading or cfg.shading, B, dev)
+        modes = self._shading_modes(shading or cfg.shading, B, "cpu")  # decided on the host: no wait for the device
+        need_albedo = bool(((modes == 0) | (modes == 1)).any())
+        modes = modes.to(dev)
         _, dirs = cameras.rays()
         bg = background(dirs)  # [B,H,W,3]
         if f.shape[0] == 0:
@@ -201,7 +203,7 @@ class MeshRenderer(Renderer):
         if light is None:
             light = F.normalize(cameras.camera_position(), dim=-1)
         idx = mask.nonzero(as_tuple=True)
-        col = self._shade(representation, pts[idx], nrm[idx], light[idx[0]], modes[idx[0]])
+        col = self._shade(representation, pts[idx], nrm[idx], light[idx[0]], modes[idx[0]], need_albedo)
         fg = torch.zeros(B, H, W, 3, device=dev, dtype=col.dtype).index_put(idx, col)
         m = mask[..., None].to(fg.dtype)
         depth = (pts - cameras.camera_position()[:, None, None]).norm(dim=-1, keepdim=True) * m
@@ -216,9 +218,9 @@ class MeshRenderer(Renderer):
         return RenderOutput(rgb=img(image[..., :3]), alpha=img(image[..., 3:4]), depth=img(image[..., 4:5]),
                             normal=img(image[..., 5:8]), meta=meta)
 
-    def _shade(self, rep, pts, nrm, light, mode) -> torch.Tensor:
+    def _shade(self, rep, pts, nrm, light, mode, need_albedo: bool) -> torch.Tensor:
+        """``need_albedo``: some image of the batch shows the albedo (modes 0 and 1)."""
         m = mode[:, None]
-        need_albedo = bool(((mode == 0) | (mode == 1)).any())
         albedo = rep.albedo_at(pts) if need_albedo else torch.ones_like(pts)
         lam = self.cfg.ambient + self.cfg.diffuse * (nrm * light).sum(-1, keepdim=True).clamp_min(0.0)
         out = torch.where(m == 0, albedo, albedo * lam)
