@@ -141,3 +141,23 @@ def test_training_onto_a_full_disk_exits_with_one_line_and_keeps_the_last_checkp
     ckpt = next(disk.rglob("ckpts/last.ckpt"))
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 3
     assert not [p for p in disk.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_get_the_permissions_of_a_plain_write(tmp_path, umask):
+    """Staged writes used to come from mkstemp (0o600): exports that another user or a web server
+    could not read. Now every writer gives what ``open(path, "w")`` would under the umask."""
+    from threedgen.utils.atomic import write_bytes
+
+    old = os.umask(umask)
+    try:
+        write_bytes(tmp_path / "a.bin", b"x")
+        write_files(tmp_path / "export", {"model.glb": b"glb", "viewer.html": b"<html>"})
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old)
+    want = (tmp_path / "plain.txt").stat().st_mode & 0o777
+    assert want == 0o666 & ~umask
+    for p in (tmp_path / "a.bin", tmp_path / "export" / "model.glb", tmp_path / "export" / "viewer.html"):
+        assert p.stat().st_mode & 0o777 == want, (p, oct(p.stat().st_mode))
+    assert not list(tmp_path.rglob("*.tmp"))  # nothing staged is left behind

@@ -8,10 +8,9 @@ read-only disk is reported as ``threedgen/utils/atomic.py``'s one-line ``DiskErr
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
-from ..utils.atomic import disk_error
+from ..utils.atomic import disk_error, new_staged_file
 
 
 def check_writable(folder: Path) -> None:
@@ -34,7 +33,7 @@ def write_files(folder: Path, files: dict[str, bytes]) -> list[Path]:
     staged: list[tuple[str, Path]] = []
     try:
         for name, data in files.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+            fd, tmp = new_staged_file(folder / name)
             staged.append((tmp, folder / name))
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)

@@ -13,13 +13,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from ..guidance.prior_api import Conditioning
+from ..utils.atomic import new_staged_file
 from .bundle import PERP_NEG_F_FS, PERP_NEG_F_FSB, PERP_NEG_F_SB, PERP_NEG_F_SF, PromptBundle
 from .views import VIEWS, view_prompt
 
@@ -181,7 +181,7 @@ class PromptProcessor:
                 "negative_prompt": self.cfg.negative_prompt,
                 "view_texts": json.dumps(self.view_texts()),
             }
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+            fd, tmp = new_staged_file(path)
             os.close(fd)
             try:
                 flat = {f"{name}/{k}": v.detach().float().cpu().clone() for name, c in conds.items() for k, v in c.present().items()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -80,15 +80,30 @@ def disk_error(exc: BaseException, final: Path) -> DiskError | None:
                            f"{final.name} is unchanged; free space there or write elsewhere (output_dir=...)")
 
 
+def new_staged_file(final: Path) -> tuple[int, Path]:
+    """(open descriptor, path) of a new empty file beside ``final``, to be renamed onto it when written.
+
+    It gets the permissions a plain ``open(final, "w")`` would (0o666 less the umask, so 0o644
+    usually). ``tempfile.mkstemp`` makes 0o600 files, and after the rename the run's exports,
+    ``metrics.csv`` and ``progress.json`` could not be read by another user or a web server."""
+    final = Path(final)
+    for _ in range(100):
+        tmp = final.parent / f".{final.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:  # pragma: no cover - 32 random bits taken 100 times
+            continue
+    raise FileExistsError(f"could not create a staged file beside {final}")  # pragma: no cover
+
+
 @contextmanager
 def staged_path(final: Path) -> Iterator[Path]:
     """Yield a staged path beside ``final`` to write; on success it is synced and renamed to ``final``,
     on any failure it is removed (and a disk failure re-raised as ``DiskError``)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    fd, tmp = new_staged_file(final)
     os.close(fd)
-    tmp = Path(name)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
