@@ -42,16 +42,21 @@ def test_nan_in_the_guidance_gradient_is_zeroed_and_counted(tmp_path, monkeypatc
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-def test_nan_in_the_parameters_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+def _poison_at(monkeypatch, bad_step: int) -> None:
+    """Four NaN values in the NeRF's hash grid right after step ``bad_step``'s update."""
     real = NeRF.after_step
 
-    def poison_at_step_8(self, step, render_out):
+    def poisoned(self, step, render_out):
         real(self, step, render_out)
-        if step == 8:
+        if step == bad_step:
             with torch.no_grad():
                 self.grid.params[:4] = float("nan")
 
-    monkeypatch.setattr(NeRF, "after_step", poison_at_step_8)
+    monkeypatch.setattr(NeRF, "after_step", poisoned)
+
+
+def test_nan_in_the_parameters_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    _poison_at(monkeypatch, 8)
     assert cli.main(_args(tmp_path)) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: step 8: 4 NaN/Inf values in representation.grid.params (the representation)"), err[-3:]
@@ -68,15 +73,7 @@ def test_read_a_step_late_as_on_a_gpu_the_verdict_still_comes_before_the_next_sa
     from threedgen.systems.health import FiniteWatch
 
     monkeypatch.setattr(FiniteWatch, "defer_on_cpu", True)
-    real = NeRF.after_step
-
-    def poison_at_step_10(self, step, render_out):
-        real(self, step, render_out)
-        if step == 10:
-            with torch.no_grad():
-                self.grid.params[:4] = float("nan")
-
-    monkeypatch.setattr(NeRF, "after_step", poison_at_step_10)
+    _poison_at(monkeypatch, 10)
     assert cli.main(_args(tmp_path)) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: step 10: 4 NaN/Inf values in representation.grid.params"), err[-3:]

@@ -12,24 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from test_fuzz_inputs import TINY  # a two-step photometric NeRF: no prior to load
 from threedgen import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = """
-name: tiny
-seed: 0
-trainer: {max_steps: 2, val_every: 0, log_every: 1, ckpt_every: 1, test_views: 1, test_resolution: 8, export_at_end: false}
-data: {batch_size: 1, width: 8, height: 8}
-system:
-  prompt: a red sphere
-  representation: {name: nerf, grid: {n_levels: 2, log2_hashmap_size: 8, base_resolution: 4, max_resolution: 8}, mlp_width: 8}
-  renderer: {name: volume, num_samples_per_ray: 8, occupancy_grid: false}
-  background: {name: solid}
-  guidance:
-    - {name: photometric, target: a red sphere}
-  val_views: 1
-  val_resolution: 8
-"""
 
 # Runs the program's entry (cli.main with no argv, as launch.py does) and records the collector's state
 # when the first system is about to be built, just after it is built, and after main returns.
