@@ -18,6 +18,8 @@ if nothing overlapped. **loop steps/s** is the real training loop instead: ``lau
 (Lightning, the callbacks, the NaN check) on the recipe's first stage, with no timers, measured
 between two logged steps (metrics.csv's ``time_s``; only those two log writes wait for the device).
 It is the figure the speed targets are about (not measured again for ``--compile``'s compiled run).
+``--profile N`` then profiles N more unsynchronised steps (``benchmarks/step_profile.py``): host time per
+part, kernel launches, how busy the device was, and the kernels that took its time.
 
 ``--full-size`` builds a Stable-Diffusion-2.1-size folder (the UNet's real configuration: 865 M
 parameters; SD's VAE; a one-layer text encoder, since prompts are encoded once) with random weights,
@@ -27,6 +29,7 @@ so nothing is downloaded and the compute is the real one. Absolute times mean so
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
@@ -162,7 +165,7 @@ def denoisers(system) -> list:
     return found
 
 
-def bench(recipe: str, overrides: list[str], steps: int, device) -> dict:
+def bench(recipe: str, overrides: list[str], steps: int, device, profile: int = 0, trace: Path | None = None) -> dict:
     from threedgen.config import load_config
     from threedgen.systems.runner import build_system, plan_stages
 
@@ -180,8 +183,9 @@ def bench(recipe: str, overrides: list[str], steps: int, device) -> dict:
     priors = [g.prior for g in system.guidances if getattr(g, "prior", None) is not None]
     prior = priors[0]
     main = getattr(prior, "unet", None) or getattr(prior, "transformer", None)
-    parts = {"render": Timer([system.renderer], sync), "prior": Timer(denoisers(system), sync),
-             "vae": Timer([getattr(getattr(p, "vae", None), "encoder", None) for p in priors], sync)}
+    hooked = {"render": [system.renderer], "prior": denoisers(system),
+              "vae": [getattr(getattr(p, "vae", None), "encoder", None) for p in priors]}
+    parts = {k: Timer(v, sync) for k, v in hooked.items()}
     rows, first = [], 0.0
     for i in range(steps + 2):
         for t in parts.values():
@@ -207,12 +211,29 @@ def bench(recipe: str, overrides: list[str], steps: int, device) -> dict:
                          **{k: t.total for k, t in parts.items()}, "calls": [c for c in parts["prior"].calls if c[0] is main]})
     for t in parts.values():
         t.close()
+    profiled = None
+    if profile:
+        from step_profile import profile_steps
+        from torch.profiler import record_function
+
+        counter = itertools.count(steps + 2)
+
+        def one_step():
+            opt.zero_grad(set_to_none=True)
+            loss = system.training_step(None, next(counter))
+            with record_function("phase:backward"):
+                loss.backward()
+            with record_function("phase:optimiser"):
+                opt.step()
+
+        profiled = profile_steps(one_step, hooked, profile, device, trace)
     med = {k: statistics.median(r[k] for r in rows) for k in ("step", "backward", "optimiser", "render", "prior", "vae")}
     med["rest"] = max(med["step"] - sum(med[k] for k in ("backward", "optimiser", "render", "prior", "vae")), 0.0)
     res = int(getattr(prior, "resolution", 64))
     med["floor"] = statistics.median(floor_seconds(prior, rows[j]["calls"], sync, res, int(cfg.data.batch_size(0)), device)
                                      for j in range(min(3, len(rows))))
     med["first"] = first
+    med["profile"] = profiled
     med["peak_mb"] = (torch.cuda.max_memory_allocated() / 2**20) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return med
 
@@ -225,6 +246,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compile", action="store_true", help="each recipe twice: as written, then with prior.compile=true (torch.compile)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="also profile N unsynchronised steps per recipe: host ms per part, launches, device busy, top kernels")
+    ap.add_argument("--trace", type=Path, metavar="DIR", help="with --profile: write each recipe's Chrome trace (gzipped) here")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every recipe")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -237,25 +261,34 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     from threedgen.recipe_files import load_raw
 
-    compiled = []
+    compiled, profiles = [], []
     for recipe in recipes:
         raw = load_raw(recipe)
         extra = model_overrides(raw, folder) if folder else []
         eager = None
         for compile_prior in ((False, True) if args.compile else (False,)):
             overrides = [f"threads={args.threads}", *extra, *(compile_overrides(raw) if compile_prior else []), *args.overrides]
-            m = bench(recipe, overrides, args.steps, device)
+            name = Path(recipe).stem + (" (compiled)" if compile_prior else "")
+            trace = args.trace / f"{Path(recipe).stem}{'-compiled' if compile_prior else ''}.json.gz" if args.trace and args.profile else None
+            m = bench(recipe, overrides, args.steps, device, args.profile, trace)
+            if m["profile"] is not None:
+                profiles.append((name, m["profile"]))
             loop = None if compile_prior else loop_seconds(recipe, overrides, args.steps)  # compiling again would cost minutes
             if compile_prior:
                 compiled.append((Path(recipe).stem, eager, m))
             else:
                 eager = m
             pct = lambda k: f"{100 * m[k] / m['step']:.0f}%"  # noqa: E731
-            name = Path(recipe).stem + (" (compiled)" if compile_prior else "")
             print(f"| {name} | {1 / m['step']:.2f} | {1000 * m['step']:.0f} | {pct('render')} | {pct('prior')} | {pct('vae')} | "
                   f"{pct('backward')} | {pct('optimiser')} | {pct('rest')} | {1000 * m['floor']:.0f} | {m['step'] / m['floor']:.2f} | {m['peak_mb']:.0f} | "
                   f"{'-' if loop is None else f'{1 / loop:.2f}'} |",
                   flush=True)
+    if profiles:
+        from step_profile import format_profile
+
+        print(f"\nProfiled, {args.profile} steps each with nothing synchronised inside a step:")
+        for name, p in profiles:
+            print(format_profile(name, p), flush=True)
     if compiled:
         print("\n| recipe | step speed-up with prior.compile | first step eager s | first step compiled s (the compilation) | steps to pay it back |")
         print("|---|---|---|---|---|")

@@ -39,10 +39,13 @@ class FiniteWatch:
         self._pending = None  # (step, host bool tensor, CUDA event or None)
 
     def submit(self, step: int, named: Iterable[tuple[str, torch.Tensor]]) -> None:
-        named = [(n, p) for n, p in named if p.is_floating_point()]
+        named = [(n, p) for n, p in named if p.is_floating_point() and p.numel() > 0]
         if not named:
             return
-        ok = torch.stack([torch.isfinite(p.detach()).all() for _, p in named])
+        # one fused reduction over all the parameters (a few kernels, not two per parameter): the largest
+        # magnitude of each is finite exactly when all its values are (NaN propagates through the max)
+        with torch.no_grad():
+            ok = torch.isfinite(torch.stack(torch._foreach_norm([p.detach() for _, p in named], float("inf"))))
         event = None
         if ok.is_cuda:
             host = torch.empty(ok.shape, dtype=torch.bool, pin_memory=True)
