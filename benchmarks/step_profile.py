@@ -6,8 +6,8 @@ from a host that cannot feed it. This runs a few more steps of the same system u
 
 - **host ms per phase** (render, prior forward, VAE encode, backward, optimiser, the rest): the time
   the host spends issuing each part (``record_function`` ranges opened by module hooks);
-- **launches**: kernels the host queued (on the CPU: aten operators run), the figure CUDA graphs or
-  fewer, larger operations reduce;
+- **launches** per part: kernels the host queued (on the CPU: the top-level aten operators it ran), the
+  figure CUDA graphs or fewer, larger operations reduce;
 - **device busy**: the summed time of the device's kernels over the step's wall time. Near 100% the
   step is bound by the device's arithmetic (bigger kernels, lower precision, ``torch.compile``);
   well below it, by the host (Python, launches, synchronisations);
@@ -57,16 +57,17 @@ class PhaseRanges:
             h.remove()
 
 
-def _top_level_op(e) -> bool:
-    """An aten operator the host dispatched itself (not one inside another operator)."""
-    if not e.name.startswith("aten::"):
-        return False
+def _context(e) -> tuple[bool, str]:
+    """(inside another aten operator?, the innermost phase around ``e``). A step's own work outside the
+    hooked parts is ``rest``; work with no phase around it ran on another thread (on a GPU, the backward's)."""
+    inside, phase = False, None
     parent = e.cpu_parent
     while parent is not None:
-        if parent.name.startswith("aten::"):
-            return False
+        inside = inside or parent.name.startswith("aten::")
+        if phase is None and parent.name.startswith("phase:"):
+            phase = parent.name[6:]
         parent = parent.cpu_parent
-    return True
+    return inside, {"step": "rest", None: "other threads"}.get(phase, phase)
 
 
 def profile_steps(step, modules_by_phase: dict[str, list], steps: int, device: torch.device, trace: Path | None = None) -> dict:
@@ -92,15 +93,16 @@ def profile_steps(step, modules_by_phase: dict[str, list], steps: int, device: t
         ranges.close()
     events = prof.events()
     host = {p: 0.0 for p in (*PHASES, "step")}
-    launches, kernels_us, aten_ops = 0, 0.0, 0
+    launches: dict[str, int] = {}  # per phase: kernel launches on a GPU, top-level aten operators on the CPU
+    kernels_us = 0.0
     kernel_time: dict[str, float] = {}
     for e in events:
         if e.name.startswith("phase:"):
             host[e.name[6:]] = host.get(e.name[6:], 0.0) + e.cpu_time_total / 1e3
-        elif e.name.startswith(LAUNCH_PREFIXES):
-            launches += 1
-        elif _top_level_op(e):
-            aten_ops += 1
+        elif e.name.startswith(LAUNCH_PREFIXES if cuda else "aten::"):
+            inside, phase = _context(e)
+            if cuda or not inside:
+                launches[phase] = launches.get(phase, 0) + 1
         if e.device_type == DeviceType.CUDA:  # a kernel, copy or memset
             kernels_us += e.self_device_time_total
             kernel_time[e.name] = kernel_time.get(e.name, 0.0) + e.self_device_time_total
@@ -116,7 +118,7 @@ def profile_steps(step, modules_by_phase: dict[str, list], steps: int, device: t
     per = {k: v / steps for k, v in host.items()}
     per["rest"] = max(per["step"] - sum(per[p] for p in PHASES), 0.0)
     top = sorted(kernel_time.items(), key=lambda kv: -kv[1])[:12]
-    return {"wall_ms": 1e3 * wall, "host_ms": per, "launches": (launches if cuda else aten_ops) / steps,
+    return {"wall_ms": 1e3 * wall, "host_ms": per, "launches": {k: v / steps for k, v in launches.items()},
             "device_ms": kernels_us / 1e3 / steps if cuda else None,
             "top": [(name, us / 1e3 / steps) for name, us in top]}
 
@@ -126,8 +128,11 @@ def format_profile(name: str, p: dict) -> str:
     h = p["host_ms"]
     phases = ", ".join(f"{k} {h[k]:.1f}" for k in (*PHASES, "rest"))
     busy = "" if p["device_ms"] is None else f"; device busy {p['device_ms']:.1f} ms = {100 * p['device_ms'] / p['wall_ms']:.0f}% of the wall"
-    lines = [f"{name}: {p['wall_ms']:.1f} ms/step unsynchronised; host ms: {phases}; "
-             f"{p['launches']:.0f} {'kernel launches' if p['device_ms'] is not None else 'top-level aten ops'}/step{busy}"]
+    what = "kernel launches" if p["device_ms"] is not None else "top-level aten ops"
+    per_phase = ", ".join(f"{k} {v:.0f}" for k, v in sorted(p["launches"].items(), key=lambda kv: -kv[1]))
+    lines = [f"{name}: {p['wall_ms']:.1f} ms/step unsynchronised{busy}",
+             f"    host ms: {phases}",
+             f"    {sum(p['launches'].values()):.0f} {what}/step: {per_phase}"]
     for kname, ms in p["top"]:
         lines.append(f"    {ms:7.2f} ms  {kname[:110]}")
     return "\n".join(lines)

@@ -423,3 +423,23 @@ def test_vsd_recipe_launch_checkpoints_the_lora_and_resume_restores_it(tiny_sd_p
     (opt3,) = ck3["optimizer_states"]
     lora_group = next(g for g in opt3["param_groups"] if g["name"] == "guidance0")
     assert all(int(opt3["state"][i]["step"]) == 3 for i in lora_group["params"])  # Adam state carried over
+
+
+def test_lora_on_a_compiled_prior_runs_its_own_adapted_network(tiny_sd_path, monkeypatch):
+    """prior.compile replaces the prior network's ``forward`` on the instance; the LoRA's copy must not
+    inherit it (it would run the frozen network without adapters or camera: eps_phi = the prior's eps)."""
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "disable", True)  # the compiled wrappers run eagerly: no compile time
+    prior = DDPMPrior(PriorConfig(model=str(tiny_sd_path), device="cpu", compile=True))
+    g = _vsd(prior)
+    _perturb(g)
+    copy_fwd = getattr(g.lora.unet.forward, "_torchdynamo_orig_callable", g.lora.unet.forward)
+    assert copy_fwd.__self__ is g.lora.unet  # compiled, and bound to the copy
+    torch.manual_seed(2)
+    x_t, t, cams = torch.randn(2, 4, 8, 8), torch.tensor([100, 700]), _cams(2)
+    emb = _prompts(prior).cond.expand(2)
+    with _Calls(conv_in=g.lora.unet.conv_in) as calls:
+        lora_eps = g.lora.predict(x_t, t, emb, camera_condition(cams.c2w)).eps
+    assert calls.batches["conv_in"] == [2]
+    assert (lora_eps - prior.predict(x_t, t, emb).eps).abs().max() > 1e-3

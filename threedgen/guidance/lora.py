@@ -90,6 +90,10 @@ class CameraLoRA(nn.Module):
         for m in lora_unet.modules():  # hooks on the prior's network (a profiler, a test's counter) stay there
             m._forward_hooks.clear()
             m._forward_pre_hooks.clear()
+        # prior.compile set the prior's ``forward`` as an instance attribute, bound to the prior's network:
+        # the copy would inherit it and run the frozen network without its adapters. Its own forward, compiled too.
+        if vars(lora_unet).pop("forward", None) is not None and getattr(prior.cfg, "compile", False):
+            lora_unet.forward = torch.compile(lora_unet.forward)
         lora_unet.add_adapter(
             LoraConfig(r=int(rank), lora_alpha=float(alpha if alpha is not None else rank), target_modules=list(targets)),
             adapter_name="vsd",
