@@ -4,6 +4,7 @@ memory, and the overhead ratio.
     python benchmarks/bench_floor.py                 # CPU: the toy recipes (toy prior), one thread
     python benchmarks/bench_floor.py --full-size     # GPU: the SD recipes on an SD-2.1-size UNet + VAE, random weights
     python benchmarks/bench_floor.py --compile       # each recipe also with prior.compile=true: speed-up and compile time
+    python benchmarks/bench_floor.py --cuda-graph    # each recipe also with prior.cuda_graph=true (a GPU; no effect on a CPU)
 
 Per recipe, one training step (render, objective, backward, optimiser) is timed over ``--steps``
 steps after warm-up, split by hooks into: render (the renderer's forward), prior (every denoiser
@@ -82,9 +83,9 @@ def model_overrides(raw, folder: str, path: str = "") -> list[str]:
     return out
 
 
-def compile_overrides(raw) -> list[str]:
-    """``prior.compile=true`` for every prior of a recipe (the ``model`` keys' parents), stages included."""
-    return [o.split("=")[0].rsplit(".", 1)[0] + ".compile=true" for o in model_overrides(raw, "x") if o.split("=")[0].endswith("prior.model")]
+def prior_overrides(raw, setting: str) -> list[str]:
+    """``prior.<setting>=true`` for every prior of a recipe (the ``model`` keys' parents), stages included."""
+    return [o.split("=")[0].rsplit(".", 1)[0] + f".{setting}=true" for o in model_overrides(raw, "x") if o.split("=")[0].endswith("prior.model")]
 
 
 class Timer:
@@ -245,7 +246,8 @@ def main() -> None:
     ap.add_argument("--model", help="a local diffusers folder every model key of the recipes is pointed at (default: the recipes' own)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--compile", action="store_true", help="each recipe twice: as written, then with prior.compile=true (torch.compile)")
+    ap.add_argument("--compile", action="store_true", help="each recipe also with prior.compile=true (torch.compile)")
+    ap.add_argument("--cuda-graph", action="store_true", help="each recipe also with prior.cuda_graph=true (CUDA graphs of the denoiser)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="also profile N unsynchronised steps per recipe: host ms per part, launches, device busy, top kernels")
     ap.add_argument("--trace", type=Path, metavar="DIR", help="with --profile: write each recipe's Chrome trace (gzipped) here")
@@ -266,17 +268,19 @@ def main() -> None:
         raw = load_raw(recipe)
         extra = model_overrides(raw, folder) if folder else []
         eager = None
-        for compile_prior in ((False, True) if args.compile else (False,)):
-            overrides = [f"threads={args.threads}", *extra, *(compile_overrides(raw) if compile_prior else []), *args.overrides]
-            name = Path(recipe).stem + (" (compiled)" if compile_prior else "")
-            trace = args.trace / f"{Path(recipe).stem}{'-compiled' if compile_prior else ''}.json.gz" if args.trace and args.profile else None
+        variants = [("", None)] + [(" (compiled)", "compile")] * args.compile + [(" (CUDA graphs)", "cuda_graph")] * args.cuda_graph
+        for suffix, setting in variants:
+            overrides = [f"threads={args.threads}", *extra, *(prior_overrides(raw, setting) if setting else []), *args.overrides]
+            name = Path(recipe).stem + suffix
+            tag = {"compile": "-compiled", "cuda_graph": "-cuda-graphs"}.get(setting, "")
+            trace = args.trace / f"{Path(recipe).stem}{tag}.json.gz" if args.trace and args.profile else None
             m = bench(recipe, overrides, args.steps, device, args.profile, trace)
             if m["profile"] is not None:
                 profiles.append((name, m["profile"]))
-            loop = None if compile_prior else loop_seconds(recipe, overrides, args.steps)  # compiling again would cost minutes
-            if compile_prior:
+            loop = None if setting == "compile" else loop_seconds(recipe, overrides, args.steps)  # compiling again would cost minutes
+            if setting == "compile":
                 compiled.append((Path(recipe).stem, eager, m))
-            else:
+            elif setting is None:
                 eager = m
             pct = lambda k: f"{100 * m[k] / m['step']:.0f}%"  # noqa: E731
             print(f"| {name} | {1 / m['step']:.2f} | {1000 * m['step']:.0f} | {pct('render')} | {pct('prior')} | {pct('vae')} | "

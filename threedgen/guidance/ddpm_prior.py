@@ -54,7 +54,7 @@ class DDPMPrior(Prior):
         f = self._setup(cfg, device)
         self.unet = freeze(f.load(f.component_class("unet", diffusers, "UNet2DConditionModel"), "unet")).to(self._home)
         self.denoiser = self.unet
-        self._compile_denoiser()
+        self._speed_up_denoiser()
         self.video = type(self.unet).__name__ in VIDEO_UNETS
         """A text-to-video UNet: model inputs are ``[B,C,F,h,w]`` clips (``video_sds``)."""
         self.per_frame_text = type(self.unet).__name__ == "UNetMotionModel"  # AnimateDiff; UNet3D repeats one per clip

@@ -56,7 +56,7 @@ class FlowPrior(Prior):
         cls = f.component_class("transformer", diffusers, "SD3Transformer2DModel")
         self.transformer = freeze(f.load(cls, "transformer")).to(self._home)
         self.denoiser = self.transformer
-        self._compile_denoiser()
+        self._speed_up_denoiser()
         if f.has("vae"):
             self.vae = freeze(f.load(f.component_class("vae", diffusers, "AutoencoderKL"), "vae")).to(self._home)
         self.scheduler = f.load_scheduler(diffusers.FlowMatchEulerDiscreteScheduler)

@@ -57,6 +57,11 @@ class PriorConfig:
     prior on one CPU thread: 74 s cold, 7 s from inductor's cache) and later calls run faster (its
     forward 1.35x; ``benchmarks/bench_floor.py --compile`` measures a recipe with and without), so it
     pays only over long runs. Not with ``cpu_offload`` (each move would recompile)."""
+    cuda_graph: bool = False
+    """On a GPU, replay the denoiser's no-grad calls as CUDA graphs, one per input shape
+    (``threedgen/guidance/cuda_graphs.py``): the host launches a whole forward at once instead of about 1,200
+    kernels one by one, with no compile time. No effect on a CPU. Not with ``cpu_offload`` (the weights move)
+    nor with ``compile`` (for compiled graphs, torch.compile's own ``reduce-overhead`` mode)."""
     resolution: Optional[int] = None
     """Image size the render is resized to before encoding; default the denoiser's ``sample_size`` times
     the VAE's downsampling factor (512 for SD 2.1-base, 64 for IF stage I)."""
@@ -71,6 +76,13 @@ class PriorConfig:
     scheduler: Literal["ddim", "ddpm"] = "ddim"
     """Scheduler class loaded from ``scheduler/`` (exposed as ``prior.scheduler`` for sampling code;
     objectives use ``alpha_sigma``/``ddim_step`` instead)."""
+
+    def __post_init__(self):
+        for a, b, why in (("compile", "cpu_offload", "every move between devices would recompile the denoiser"),
+                          ("cuda_graph", "cpu_offload", "the graphs would replay on the weights' old addresses"),
+                          ("cuda_graph", "compile", "the graphs record the eager denoiser; a compiled one is traced by torch.compile")):
+            if getattr(self, a) and getattr(self, b):
+                raise ValueError(f"prior.{a} and prior.{b} do not go together ({why}); set one of them to false")
 
 
 VIDEO_UNETS = ("UNet3DConditionModel", "UNetMotionModel")

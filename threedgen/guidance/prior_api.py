@@ -123,9 +123,6 @@ class Prior:
     def _setup(self, cfg: PriorConfig, device) -> ModelFolder:
         """Device, dtype, the model folder and the text-component caches; returns the folder."""
         self.cfg = cfg
-        if cfg.compile and cfg.cpu_offload:
-            raise ValueError("prior.compile and prior.cpu_offload do not go together (every move between devices would "
-                             "recompile the denoiser); set one of them to false")
         self.device = resolve_device(cfg.device) if device is None else torch.device(device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         self._exec_device = self.device
@@ -139,12 +136,17 @@ class Prior:
         self.location, self.is_local = self.folder.location, self.folder.is_local
         return self.folder
 
-    def _compile_denoiser(self) -> None:
-        """``prior.compile``: compile ``denoiser``'s forward in place. The module keeps its class and attributes
-        (LoRA adapters still attach), and its hooks run outside the compiled graph (``nn.Module.compile``
-        would trace them too: the benchmarks' timing hooks then recompiled it at every call)."""
+    def _speed_up_denoiser(self) -> None:
+        """``prior.compile``: compile ``denoiser``'s forward in place; ``prior.cuda_graph`` (on a GPU): replay its
+        no-grad calls as CUDA graphs. Either way the module keeps its class and attributes (LoRA adapters
+        still attach to a copy), and its hooks run outside (``nn.Module.compile`` would trace them too: the
+        benchmarks' timing hooks then recompiled it at every call)."""
         if self.cfg.compile and not hasattr(self.denoiser.forward, "_torchdynamo_orig_callable"):
             self.denoiser.forward = torch.compile(self.denoiser.forward)
+        if self.cfg.cuda_graph and self.device.type == "cuda":
+            from .cuda_graphs import graph_forward
+
+            graph_forward(self.denoiser)
 
     def _setup_vae(self) -> None:
         if self.vae is not None:

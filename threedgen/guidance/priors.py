@@ -51,17 +51,17 @@ def load_prior(cfg: PriorConfig, device: Optional[Union[str, torch.device]] = No
 def get_prior(cfg: PriorConfig, device: Optional[Union[str, torch.device]] = None) -> Prior:
     """The shared prior for ``cfg``: loaded once per (model, dtype, device, variant, revision) and
     reused by every guidance (a different ControlNet or its scale is a different prior). Per-call options (``encode_mode``, ``resolution``) of a later config are
-    passed by the caller; ``cpu_offload`` and ``scheduler`` follow the first config; ``compile`` is applied to the
-    shared prior when any config asks for it."""
+    passed by the caller; ``cpu_offload`` and ``scheduler`` follow the first config; ``compile`` and ``cuda_graph`` are
+    applied to the shared prior when any config asks for them."""
     dev = resolve_device(cfg.device) if device is None else torch.device(device)
     location, _ = resolve_model(cfg.model, cfg.revision)
     key = (location, resolve_dtype(cfg.dtype, dev), str(dev), cfg.variant, cfg.revision, cfg.controlnet, cfg.controlnet_scale)
     prior = _PRIORS.get(key)
     if prior is None:
         prior = _PRIORS[key] = load_prior(cfg, device=dev)
-    elif cfg.compile and not prior.cfg.compile:
-        prior.cfg = replace(prior.cfg, compile=True)
-        prior._compile_denoiser()
+    elif (cfg.compile and not prior.cfg.compile) or (cfg.cuda_graph and not prior.cfg.cuda_graph):
+        prior.cfg = replace(prior.cfg, compile=prior.cfg.compile or cfg.compile, cuda_graph=prior.cfg.cuda_graph or cfg.cuda_graph)
+        prior._speed_up_denoiser()
     return prior
 
 
