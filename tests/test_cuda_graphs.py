@@ -67,9 +67,13 @@ def test_graphed_denoiser_predicts_as_the_eager_one(tiny_sd_path):
             want, got = eager.predict(x, t, emb).eps, graphed.predict(x, t, emb).eps
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert len(calls) == 5 and len(wrapper.graphs) == 2 and wrapper.replays == 5
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):  # another autocast state: another graph
+        want, got = eager.predict(x, t, emb).eps, graphed.predict(x, t, emb).eps
+    torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+    assert len(wrapper.graphs) == 3 and wrapper.replays == 6
     x = torch.randn(2, 4, 8, 8, device="cuda", requires_grad=True)
     graphed.predict(x, torch.tensor([5, 9], device="cuda"), emb).eps.sum().backward()  # with grad: the plain forward
-    assert wrapper.replays == 5 and torch.isfinite(x.grad).all()
+    assert wrapper.replays == 6 and torch.isfinite(x.grad).all()
 
 
 @pytest.mark.gpu
