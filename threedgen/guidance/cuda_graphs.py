@@ -9,7 +9,7 @@ through ``torch.compile``, at minutes of compile time).
 
 ``GraphedForward`` replaces the module's ``forward`` on the instance (hooks, which ``nn.Module.__call__``
 runs, stay eager). Each call is matched on its arguments' structure, tensor shapes, dtypes, strides and
-devices, every non-tensor value and the autocast state: the first call of a signature warms up and captures a graph with
+devices, every non-tensor value, the autocast state and inference mode (Lightning validates in it): the first call of a signature warms up and captures a graph with
 its own input buffers; later calls copy their tensors into those buffers, replay, and return a copy of
 the outputs. It runs the plain forward instead when gradients are on (VSD's LoRA training), when an
 argument is not on a CUDA device, inside another capture, when a non-tensor argument cannot be matched,
@@ -90,7 +90,8 @@ class GraphedForward:
 
 def _signature(leaves: list, spec) -> Optional[tuple]:
     """What a graph is valid for: the structure, each tensor's layout, each other value; None if unmatchable."""
-    key = [spec, torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda")]  # a capture records the casts
+    key = [spec, torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda"),  # a capture records the casts
+           torch.is_inference_mode_enabled()]  # buffers made in inference mode cannot be written outside it
     for x in leaves:
         if torch.is_tensor(x):
             key.append((tuple(x.shape), x.dtype, x.device, x.stride()))
