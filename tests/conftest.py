@@ -9,6 +9,14 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# Under pytest-xdist (the README's `-n 2`) each worker, and each run it starts, takes its share of the cores:
+# two workers at two torch threads each would make every test slower than one alone.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+    import torch  # noqa: E402  (in case a plugin imported it before the variable was set)
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from pathlib import Path  # noqa: E402
 
