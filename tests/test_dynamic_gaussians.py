@@ -76,7 +76,7 @@ def test_times_render_in_the_cameras_order_and_motion_moves_the_object():
     alone = [ren(dyn, front[i : i + 1], bg).alpha for i in range(3)]
     torch.testing.assert_close(out.alpha, torch.cat(alone))
     cols = torch.arange(24, dtype=torch.float32)
-    cx = [float((a[0].sum(0) * cols).sum() / a[0].sum()) for a in out.alpha]
+    cx = [float((a[0].sum(0) * cols).sum() / a[0].sum()) for a in out.alpha.detach()]
     assert cx[0] > cx[2] > cx[1]  # seen from the front (+z), +x is to the right: later frames further right
     motion = dyn.motion(torch.tensor([0.0, 1.0]))
     assert motion.shape == (2, 300, 3)
