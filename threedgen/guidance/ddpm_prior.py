@@ -26,7 +26,7 @@ from typing import Optional, Union
 import torch
 
 from .camera_condition import camera_vectors, is_camera_conditioned
-from .model_folder import VIDEO_UNETS, ModelFolder, PriorConfig, freeze
+from .model_folder import VIDEO_UNETS, ModelFolder, PriorConfig, freeze, weight_dtype
 from .prior_api import Conditioning, NoiseLevels, Prior
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class DDPMPrior(Prior):
             if cond.control is None:
                 raise ValueError(f"{self.model_id} has a ControlNet: its objective must pass a control image (disds passes depth)")
             with self._running(self.controlnet) as net:
-                dt = net.dtype  # read once: diffusers walks every submodule for casting hooks on each read
+                dt = weight_dtype(net)
                 down, mid = net(x_t.to(dev, dt), t, encoder_hidden_states=cond.emb.to(dev, dt),
                                 controlnet_cond=cond.control.to(dev, dt), conditioning_scale=self.cfg.controlnet_scale,
                                 return_dict=False)
@@ -142,7 +142,7 @@ class DDPMPrior(Prior):
         elif self.per_frame_text:
             emb = emb.repeat_interleave(x.shape[2], 0)
         with self._running(self.denoiser) as unet:
-            dt = unet.dtype  # once per call (about 1 ms a read on the toy UNet: ModelMixin.dtype walks every submodule)
+            dt = weight_dtype(unet)
             if "class_labels" in kw:
                 kw["class_labels"] = kw["class_labels"].to(dev, dt)
             return unet(x.to(dev, dt), t, encoder_hidden_states=emb.to(dev, dt), **kw).sample

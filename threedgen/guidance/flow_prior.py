@@ -25,7 +25,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-from .model_folder import PriorConfig, freeze
+from .model_folder import PriorConfig, freeze, weight_dtype
 from .prior_api import Conditioning, NoiseLevels, Prior
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class FlowPrior(Prior):
             raise ValueError("a flow (SD3-class) prior needs a pooled text embedding in the conditioning")
         timestep = self._b[level.clamp_min(0)] * self.levels.n
         with self._running(self.denoiser) as net:
-            dt = net.dtype
+            dt = weight_dtype(net)
             return net(
                 hidden_states=x_t.to(self._exec_device, dt),
                 encoder_hidden_states=cond.emb.to(self._exec_device, dt),

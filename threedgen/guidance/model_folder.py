@@ -196,6 +196,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def weight_dtype(module) -> torch.dtype:
+    """The dtype of ``module``'s first floating-point parameter: what its inputs are cast to. diffusers'
+    ``ModelMixin.dtype`` gives the same for the models loaded here, but walks every submodule looking for
+    casting hooks on each read (0.7 ms on the toy UNet, every denoiser call); this reads one parameter."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+
+
 def freeze(module):
     module.requires_grad_(False)
     module.eval()

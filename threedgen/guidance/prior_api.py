@@ -35,7 +35,7 @@ from .cfg import ScaleLike, cfg_combine, perp_neg_combine
 from .conditioning import Conditioning, as_conditioning
 from .clip_noise import clip_noise
 from .levels import CLEAN, NoiseLevels
-from .model_folder import ModelFolder, PriorConfig, PromptTruncatedWarning, resolve_device, resolve_dtype
+from .model_folder import ModelFolder, PriorConfig, PromptTruncatedWarning, resolve_device, resolve_dtype, weight_dtype
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ class Prior:
             return x.float()
         mode = mode or self.cfg.encode_mode
         with self._running(self.vae) as vae:
-            dist = vae.encode(x.to(self._exec_device, vae.dtype)).latent_dist
+            dist = vae.encode(x.to(self._exec_device, weight_dtype(vae))).latent_dist
             z = dist.sample() if mode == "sample" else dist.mean
         return ((z.float() - self.shift_factor) * self.scaling_factor).to(rgb01.device)
 
@@ -301,7 +301,7 @@ class Prior:
         if self.vae is None:
             return ((z[:, :3] + 1.0) / 2.0).clamp(0, 1)
         with self._running(self.vae) as vae:
-            x = vae.decode((z / self.scaling_factor + self.shift_factor).to(self._exec_device, vae.dtype)).sample
+            x = vae.decode((z / self.scaling_factor + self.shift_factor).to(self._exec_device, weight_dtype(vae))).sample
         return ((x.float() + 1.0) / 2.0).clamp(0, 1).to(z.device)
 
     @contextlib.contextmanager
