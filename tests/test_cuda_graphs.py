@@ -66,7 +66,7 @@ def test_graphed_denoiser_predicts_as_the_eager_one(tiny_sd_path):
         with torch.no_grad():
             want, got = eager.predict(x, t, emb).eps, graphed.predict(x, t, emb).eps
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-    assert len(calls) == 5 and len(wrapper.graphs) == 2 and wrapper.replays == 5
+    assert len(calls) == 5 and len(wrapper.graphs) == 2 and wrapper.replays == 5 and wrapper.failed is None
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):  # another autocast state: another graph
         want, got = eager.predict(x, t, emb).eps, graphed.predict(x, t, emb).eps
     torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)

@@ -4,17 +4,18 @@ A full-size Stable Diffusion UNet forward is about 1,200 operators (``benchmarks
 --profile`` counts them per part of a step), each one a kernel the host must launch through Python and
 the dispatcher. At the batch sizes of score distillation (2 to 8 images at 64x64 latents) many of
 those kernels are short, so the device can wait on the host. A CUDA graph records the launches once
-and replays them with one call, and needs no compilation (``prior.compile`` does the same and more
-through ``torch.compile``, at minutes of compile time).
+and replays them with one call, and needs no compilation (``prior.compile`` cuts the launches another
+way, fusing operators through ``torch.compile``, after minutes of compilation).
 
 ``GraphedForward`` replaces the module's ``forward`` on the instance (hooks, which ``nn.Module.__call__``
 runs, stay eager). Each call is matched on its arguments' structure, tensor shapes, dtypes, strides and
-devices, every non-tensor value, the autocast state and inference mode (Lightning validates in it): the first call of a signature warms up and captures a graph with
-its own input buffers; later calls copy their tensors into those buffers, replay, and return a copy of
-the outputs. It runs the plain forward instead when gradients are on (VSD's LoRA training), when an
-argument is not on a CUDA device, inside another capture, when a non-tensor argument cannot be matched,
-and past ``max_graphs`` signatures. Parameters that move (``.to()``, a reload) are noticed by their
-address, and the graphs are then captured again.
+devices, every non-tensor value, the autocast state and inference mode (Lightning validates in it): the
+first call of a signature warms up and captures a graph with its own input buffers; later calls copy
+their tensors into those buffers, replay, and return a copy of the outputs. It runs the plain forward
+instead when gradients are on (VSD's LoRA training), when an argument is not on a CUDA device, inside
+another capture, when a non-tensor argument cannot be matched, past ``max_graphs`` signatures, and after
+a capture failed (with a warning naming why). Parameters that move (``.to()``, a reload) are noticed by
+their address, and the graphs are then captured again.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class GraphedForward:
         self._address: Optional[int] = None
         self.replays = 0
         """Calls answered by a graph (the tests count them)."""
+        self.failed: Optional[str] = None
+        """Why a capture failed (then every call runs the plain forward), or None."""
 
     def __call__(self, *args, **kwargs):
         if torch.is_grad_enabled():
@@ -55,9 +58,14 @@ class GraphedForward:
             self._address = address
         entry = self.graphs.get(key)
         if entry is None:
-            if len(self.graphs) >= self.max_graphs:
+            if len(self.graphs) >= self.max_graphs or self.failed:
                 return self.forward(*args, **kwargs)
-            entry = self.graphs[key] = self._capture(leaves, spec)
+            try:
+                entry = self.graphs[key] = self._capture(leaves, spec)
+            except RuntimeError as err:  # an operator that cannot be captured: the run goes on, eagerly
+                self.failed = (str(err).splitlines() or [type(err).__name__])[0]
+                log.warning("denoiser: no CUDA graph (%s); it runs eagerly", self.failed)
+                return self.forward(*args, **kwargs)
         graph, buffers, outputs, out_spec = entry
         for buf, x in zip(buffers, tensors):
             buf.copy_(x)
