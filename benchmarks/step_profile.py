@@ -71,7 +71,7 @@ def _context(e) -> tuple[bool, str]:
 
 
 def profile_steps(step, modules_by_phase: dict[str, list], steps: int, device: torch.device, trace: Path | None = None) -> dict:
-    """Profiles ``steps`` calls of ``step(ranges)`` (one training step each: forward, backward, optimiser).
+    """Profiles ``steps`` calls of ``step()`` (one training step each: forward, backward, optimiser).
 
     ``step`` opens the ``phase:backward`` and ``phase:optimiser`` ranges itself (``record_function``);
     the forward phases come from module hooks. Returns per-step averages (see the module docstring)."""
