@@ -49,8 +49,10 @@ class GraphedForward:
             return self.forward(*args, **kwargs)
         leaves, spec = pytree.tree_flatten((args, kwargs))
         tensors = [x for x in leaves if torch.is_tensor(x)]
+        if not tensors or not all(t.is_cuda for t in tensors) or torch.cuda.is_current_stream_capturing():
+            return self.forward(*args, **kwargs)
         key = _signature(leaves, spec)
-        if key is None or not tensors or not all(t.is_cuda for t in tensors) or torch.cuda.is_current_stream_capturing():
+        if key is None:
             return self.forward(*args, **kwargs)
         address = None if self._first_param is None else self._first_param.data_ptr()
         if address != self._address:  # first use, or the weights moved: graphs hold the old addresses

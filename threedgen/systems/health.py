@@ -44,8 +44,7 @@ class FiniteWatch:
             return
         # one fused reduction over all the parameters (a few kernels, not two per parameter): the largest
         # magnitude of each is finite exactly when all its values are (NaN propagates through the max)
-        with torch.no_grad():
-            ok = torch.isfinite(torch.stack(torch._foreach_norm([p.detach() for _, p in named], float("inf"))))
+        ok = torch.isfinite(torch.stack(torch._foreach_norm([p.detach() for _, p in named], float("inf"))))
         event = None
         if ok.is_cuda:
             host = torch.empty(ok.shape, dtype=torch.bool, pin_memory=True)
