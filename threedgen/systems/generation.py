@@ -37,6 +37,27 @@ class OptimizerConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-15
     weight_decay: float = 0.0
+    fused: Optional[bool] = None
+    """torch's fused Adam kernel, one pass over every parameter of a device and dtype instead of a loop of
+    operators per tensor (``bench_floor.py`` shows the optimiser's share of a step). None: fused where
+    every parameter's device has the kernel (CPU, CUDA); False: torch's default (a multi-tensor loop on a
+    GPU, one tensor at a time on the CPU). The two agree to float rounding."""
+
+
+def fused_adam(setting: Optional[bool], params: list) -> Optional[bool]:
+    """``optimizer.fused`` resolved for these parameters: None (auto) is True where torch has the fused
+    kernel for every parameter's device and dtype; True where it has not is refused with the reason."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    devices = set(_get_fused_kernels_supported_devices())
+    unsupported = sorted({f"{p.device.type}/{p.dtype}" for p in params
+                          if p.device.type not in devices or not torch.is_floating_point(p)})
+    if setting is None:
+        return not unsupported or None
+    if setting and unsupported:
+        raise ValueError(f"optimizer.fused=true: torch has no fused Adam for parameters on {', '.join(unsupported)}; "
+                         "set optimizer.fused=false (or leave it unset: fused where supported)")
+    return setting
 
 
 class GenerationSystem(pl.LightningModule):
@@ -147,7 +168,8 @@ class GenerationSystem(pl.LightningModule):
             pg["lr"] = self._lr_schedules[-1](0)
             groups.append(pg)  # only plain values: the optimizer state is pickled into checkpoints
         cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-        opt = cls(groups, lr=o.lr(0), betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        opt = cls(groups, lr=o.lr(0), betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
+                  fused=fused_adam(o.fused, [p for g in groups for p in g["params"]]))
         for i in range(self.cfg.particles):  # representations that resize their parameters (Gaussian densification)
             bind = getattr(self.particle(i)[0], "bind_optimizer", None)
             if bind is not None:
