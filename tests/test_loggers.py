@@ -60,3 +60,25 @@ def test_a_logger_whose_package_is_missing_is_refused_at_start_up(tmp_path):
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "pip install wandb" in r.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_gradient_norms_are_computed_only_for_the_steps_that_are_logged():
+    from types import SimpleNamespace
+
+    import torch
+
+    from threedgen.systems.loggers import LogMetrics
+
+    grid, mlp = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(2))
+    grid.grad, mlp.grad = torch.full((4,), 0.5), torch.tensor([3.0, 4.0])
+    opt = torch.optim.Adam([{"params": [grid], "name": "grid", "lr": 0.01}, {"params": [mlp], "name": "mlp", "lr": 0.001}])
+    cb, module = LogMetrics(every=5, stage="main"), SimpleNamespace()
+    logged = []
+    for step in range(12):  # the optimiser's step ``step`` makes global_step ``step + 1``, the step LogMetrics logs
+        module._step_logs = {"train/loss": 1.0}  # training_step starts each step's scalars afresh
+        cb.on_before_optimizer_step(SimpleNamespace(global_step=step, max_steps=12), module, opt)
+        if len(module._step_logs) > 1:
+            logged.append(step + 1)
+            assert module._step_logs["grad_norm/grid"] == 1.0 and module._step_logs["grad_norm/mlp"] == 5.0
+            assert module._step_logs["lr/grid"] == 0.01 and module._step_logs["lr/mlp"] == 0.001
+    assert logged == [5, 10, 12]  # every 5 steps and the last

@@ -298,15 +298,6 @@ class GenerationSystem(pl.LightningModule):
         if rank_and_world(self)[1] > 1:  # before Lightning clips them and the optimiser steps
             reduce_gradients([p for p in self.parameters() if p.requires_grad], self.trainer.strategy)
 
-    def on_before_optimizer_step(self, optimizer):
-        norms = {}
-        for pg in optimizer.param_groups:
-            grads = [p.grad.detach() for p in pg["params"] if p.grad is not None]
-            if grads:  # torch's own total norm: no copy of the gradients, no sync
-                norms[f"grad_norm/{pg.get('name', 'group')}"] = torch.nn.utils.get_total_norm(grads)
-            norms[f"lr/{pg.get('name', 'group')}"] = pg["lr"]
-        self._step_logs.update(norms)
-
     def on_train_batch_end(self, outputs, batch, batch_idx):
         step = self.global_step  # already incremented by the optimizer step
         seed_step(self._seed, step, 1)  # densification / occupancy refresh: the same after a resume and on every rank

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
@@ -105,9 +106,27 @@ class LogMetrics(pl.Callback):
         self.every, self.stage = max(1, every), stage
         self.t0 = time.perf_counter()
 
+    def logs_at(self, trainer, step: int) -> bool:
+        return step % self.every == 0 or step == trainer.max_steps
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        """Each group's gradient norm (before clipping) and learning rate, on the steps that are logged
+        only: a norm reads every gradient (DreamFusion's hash grid: 16.8 M values) and is read nowhere else."""
+        if not self.logs_at(trainer, trainer.global_step + 1):  # the step the optimiser is about to complete
+            return
+        logs = getattr(pl_module, "_step_logs", None)
+        if logs is None:
+            return
+        for pg in optimizer.param_groups:
+            name = pg.get("name", "group")
+            grads = [p.grad.detach() for p in pg["params"] if p.grad is not None]
+            if grads:  # torch's own total norm: no copy of the gradients, no sync
+                logs[f"grad_norm/{name}"] = torch.nn.utils.get_total_norm(grads)
+            logs[f"lr/{name}"] = pg["lr"]
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if step % self.every and step != trainer.max_steps:
+        if not self.logs_at(trainer, step):
             return
         logs = {k: float(v) for k, v in getattr(pl_module, "_step_logs", {}).items()}
         for lg in trainer.loggers:
