@@ -1,25 +1,19 @@
 """``optimizer.fused``: torch's fused Adam by default where the device has it, the same training to float
 rounding as the per-tensor loop, and a clear refusal where it cannot be had."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from test_cli import ROOT, launch
 from threedgen.systems.generation import fused_adam
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _train(out: Path, *extra: str) -> dict:
-    cmd = [sys.executable, str(ROOT / "launch.py"), "--config", str(ROOT / "configs/toy/sds-nerf.yaml"), "--train", "-q",
-           f"output_dir={out}", "seed=3", "deterministic=true", "trainer.max_steps=12", "trainer.ckpt_every=12",
-           "trainer.val_every=0", "trainer.export_at_end=false", *extra]
-    r = subprocess.run(cmd, cwd=out.parent, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    r = launch("--config", str(ROOT / "configs/toy/sds-nerf.yaml"), "--train", "-q", f"output_dir={out}", "seed=3",
+               "deterministic=true", "trainer.max_steps=12", "trainer.ckpt_every=12", "trainer.val_every=0",
+               "trainer.export_at_end=false", *extra, cwd=out.parent, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     (ckpt,) = out.rglob("ckpts/last.ckpt")
     return torch.load(ckpt, map_location="cpu", weights_only=False)
